@@ -1,0 +1,244 @@
+"""Policy-gradient, value, reward-model and preference losses, plus log-prob helpers.
+
+Shapes: ``B`` = batch, ``T`` = tokens, ``V`` = vocabulary. Token-level losses
+reduce with :func:`~tether.algos.advantages.masked_mean` over valid tokens of the
+whole batch; padding entries (even NaN/inf) affect neither the loss nor its gradient. Returned ``stats`` values are detached 0-d tensors (call ``.item()``
+when logging; that is the only device sync).
+"""
+
+import torch
+import torch.nn.functional as F
+
+from .advantages import masked_mean
+
+__all__ = [
+    "ppo_policy_loss",
+    "value_loss",
+    "entropy_from_logits",
+    "logprobs_from_logits",
+    "bradley_terry_loss",
+    "dpo_loss",
+    "ipo_loss",
+    "sequence_logprobs",
+]
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _zero_padding(mask: torch.Tensor, *xs: torch.Tensor) -> list[torch.Tensor]:
+    """Replace padding entries by 0 *before* any arithmetic, so garbage there (NaN,
+    huge values -> exp overflow) cannot produce NaN in the forward or backward pass."""
+    m = mask.bool()
+    return [torch.where(m, x, torch.zeros((), dtype=x.dtype, device=x.device)) for x in xs]
+
+
+def ppo_policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_eps: float = 0.2,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO clipped surrogate (Schulman et al. 2017, eq. 7), as a loss to minimise.
+
+    L = -E_t[min(ratio_t * A_t, clip(ratio_t, 1 - eps, 1 + eps) * A_t)]
+      = masked_mean(max(-A_t * ratio_t, -A_t * clip(ratio_t)))
+    with ratio_t = exp(logprobs - old_logprobs). All inputs ``(B, T)``.
+
+    Stats: ``clipfrac`` = fraction of valid tokens where the clipped term is the
+    (strictly) larger one, i.e. gradient is cut off; ``approx_kl`` = masked mean
+    of the k2 estimator 0.5 * (logprobs - old_logprobs)^2 (Schulman 2020, as in
+    TRL's PPO); ``ratio`` = masked mean of the ratio.
+    """
+    logprobs, old_logprobs, advantages = _zero_padding(mask, logprobs, old_logprobs, advantages)
+    log_ratio = logprobs - old_logprobs  # (B, T)
+    ratio = torch.exp(log_ratio)  # (B, T)
+    unclipped = -advantages * ratio  # (B, T)
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)  # (B, T)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)  # ()
+    with torch.no_grad():
+        stats = {
+            "clipfrac": masked_mean((clipped > unclipped).to(ratio.dtype), mask),
+            "approx_kl": masked_mean(0.5 * log_ratio**2, mask),
+            "ratio": masked_mean(ratio, mask),
+        }
+    return loss, stats
+
+
+def value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip_eps: float = 0.2,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped value loss (openai/lm-human-preferences; Huang et al. 2022, detail on value clipping).
+
+    v_clip = old + clamp(v - old, -eps, eps)
+    L_V    = 0.5 * masked_mean(max((v - R)^2, (v_clip - R)^2))
+    All inputs ``(B, T)``. Stats: ``vf_clipfrac`` = fraction of valid tokens where
+    the clipped error is strictly larger (its gradient is zero there).
+    """
+    values, old_values, returns = _zero_padding(mask, values, old_values, returns)
+    v_clipped = old_values + torch.clamp(values - old_values, -clip_eps, clip_eps)  # (B, T)
+    err = (values - returns) ** 2  # (B, T)
+    err_clipped = (v_clipped - returns) ** 2  # (B, T)
+    loss = 0.5 * masked_mean(torch.maximum(err, err_clipped), mask)  # ()
+    with torch.no_grad():
+        stats = {"vf_clipfrac": masked_mean((err_clipped > err).to(values.dtype), mask)}
+    return loss, stats
+
+
+def _per_row(fn, logits: torch.Tensor, *others: torch.Tensor) -> torch.Tensor:
+    """Apply ``fn`` to one leading-dim slice at a time to bound temporary memory to one row."""
+    if logits.shape[0] == 0:
+        return fn(logits, *others)
+    return torch.stack([fn(*row) for row in zip(logits, *others)])
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the categorical distribution at every position: ``(B, T, V)`` -> ``(B, T)``.
+
+    H = -sum_v p_v log p_v = logsumexp(z) - sum_v p_v z_v (stable for any shift of z;
+    ``-inf`` logits, i.e. masked vocabulary entries, contribute 0). Computed one
+    batch row at a time; 16-bit inputs are upcast per row and give float32.
+    """
+
+    def row_entropy(z: torch.Tensor) -> torch.Tensor:  # (T, V) -> (T,)
+        if z.dtype in _LOW_PRECISION:
+            z = z.float()
+        p = torch.softmax(z, dim=-1)  # (T, V)
+        # nansum: 0 * -inf = nan for masked entries, whose true contribution is 0
+        return torch.logsumexp(z, dim=-1) - (p * z).nansum(dim=-1)  # (T,)
+
+    return _per_row(row_entropy, logits)
+
+
+def logprobs_from_logits(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int | None = -100
+) -> torch.Tensor:
+    """log softmax(logits)[labels]: ``(B, T, V)``, ``(B, T)`` -> ``(B, T)``.
+
+    Memory-conscious: gathers the label logit and subtracts logsumexp, one batch
+    row at a time, so no full ``(B, T, V)`` log-softmax copy is made (the same
+    trick as TRL's ``selective_log_softmax``). 16-bit logits are upcast to float32
+    one row at a time (logsumexp in bf16 is too coarse) and the result is float32.
+    Positions whose label equals ``ignore_index`` (e.g. -100 padding) get 0.
+    Labels must already be aligned with the logits (shift by one for causal LMs).
+    """
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(
+            f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} disagree; "
+            "expected (B, T, V) and (B, T)"
+        )
+    ignored = labels == ignore_index if ignore_index is not None else None  # (B, T)
+    safe = labels.masked_fill(ignored, 0) if ignored is not None else labels  # (B, T)
+
+    def row_logprobs(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # (T, V), (T,) -> (T,)
+        if z.dtype in _LOW_PRECISION:
+            z = z.float()
+        picked = z.gather(-1, y.unsqueeze(-1)).squeeze(-1)  # (T,)
+        return picked - torch.logsumexp(z, dim=-1)  # (T,)
+
+    out = _per_row(row_logprobs, logits, safe)  # (B, T)
+    if ignored is not None:
+        out = out.masked_fill(ignored, 0.0)
+    return out
+
+
+def bradley_terry_loss(
+    chosen_rewards: torch.Tensor,
+    rejected_rewards: torch.Tensor,
+    margin: torch.Tensor | float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pairwise reward-model loss (Ouyang et al. 2022, InstructGPT eq. 1).
+
+    loss = mean(-log sigmoid(r_chosen - r_rejected [- margin]))  (``logsigmoid``,
+    stable for large gaps); the margin form is Llama 2's (Touvron et al. 2023, eq. 2).
+    Inputs ``(B,)``. Returns ``(loss, accuracy)``, both 0-d; accuracy is the
+    detached fraction of pairs with r_chosen > r_rejected (margin not applied).
+    """
+    diff = chosen_rewards - rejected_rewards  # (B,)
+    if margin is not None:
+        diff = diff - margin
+    loss = -F.logsigmoid(diff).mean()  # ()
+    accuracy = (chosen_rewards > rejected_rewards).to(diff.dtype).mean().detach()  # ()
+    return loss, accuracy
+
+
+def _implicit_rewards(pc, pr, rc, rr, beta):
+    h = (pc - pr) - (rc - rr)  # (B,) log-ratio difference
+    chosen_rewards = beta * (pc - rc).detach()  # (B,)
+    rejected_rewards = beta * (pr - rr).detach()  # (B,)
+    return h, chosen_rewards, rejected_rewards
+
+
+def dpo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float = 0.1,
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Direct Preference Optimization loss (Rafailov et al. 2023, eq. 7).
+
+    h = (log pi(y_w) - log pi(y_l)) - (log pi_ref(y_w) - log pi_ref(y_l))
+    loss = -log sigmoid(beta * h)
+    With ``label_smoothing = eps > 0`` this is conservative DPO (cDPO, labels
+    flipped with probability eps), matching TRL's ``loss_type="sigmoid"``:
+    loss = (1 - eps) * -log sigmoid(beta * h) + eps * -log sigmoid(-beta * h).
+    Inputs are ``(B,)`` sequence log-probs (see :func:`sequence_logprobs`).
+    Returns ``(losses (B,), chosen_rewards (B,), rejected_rewards (B,))`` with
+    implicit rewards beta * (log pi - log pi_ref), detached. Take ``losses.mean()``.
+    """
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    if not 0.0 <= label_smoothing <= 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5], got {label_smoothing}")
+    h, chosen_rewards, rejected_rewards = _implicit_rewards(
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta
+    )
+    losses = -(1.0 - label_smoothing) * F.logsigmoid(beta * h)  # (B,)
+    if label_smoothing > 0:
+        losses = losses - label_smoothing * F.logsigmoid(-beta * h)  # (B,)
+    return losses, chosen_rewards, rejected_rewards
+
+
+def ipo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float = 0.1,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Identity Preference Optimization loss (Azar et al. 2023, eq. 17).
+
+    loss = (h - 1 / (2 * beta))^2 with h the same log-ratio difference as DPO;
+    here ``beta`` plays the role of the paper's tau (regularisation strength).
+    Note: TRL feeds IPO token-*averaged* log-probs (``sequence_logprobs(...,
+    average=True)``) while DPO uses sums; this function takes whatever the
+    caller passes, so the caller decides sum vs mean (and beta must suit it).
+    Returns ``(losses (B,), chosen_rewards (B,), rejected_rewards (B,))``.
+    """
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    h, chosen_rewards, rejected_rewards = _implicit_rewards(
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta
+    )
+    losses = (h - 1.0 / (2.0 * beta)) ** 2  # (B,)
+    return losses, chosen_rewards, rejected_rewards
+
+
+def sequence_logprobs(
+    token_logprobs: torch.Tensor, mask: torch.Tensor, average: bool = False
+) -> torch.Tensor:
+    """Sequence log-prob from token log-probs: ``(B, T)`` -> ``(B,)``.
+
+    Sum over valid tokens (log pi(y|x) = sum_t log pi(y_t | x, y_<t)), or their
+    mean with ``average=True`` (a row without valid tokens gives 0).
+    """
+    if average:
+        return masked_mean(token_logprobs, mask, dim=-1)  # (B,)
+    m = mask.bool()
+    return torch.where(m, token_logprobs, torch.zeros_like(token_logprobs)).sum(-1)  # (B,)

@@ -1,0 +1,237 @@
+"""The `tether` command: one thin command per stage, parsing options into the stage's config.
+
+Errors a user can cause print as one clear line (no traceback) and exit with status 1.
+Model outputs are untrusted text: they are printed as rich `Text`, never parsed as markup.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from tether.errors import TetherError
+
+app = typer.Typer(help="tether: RLHF end to end, from human feedback to a better policy.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+import_app = typer.Typer(help="Load prompts, demonstrations or preference pairs into the workspace.",
+                         no_args_is_help=True)
+export_app = typer.Typer(help="Write workspace data out in TRL's formats.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
+app.add_typer(export_app, name="export")
+
+console = Console()
+err_console = Console(stderr=True)
+WorkspaceOpt = typer.Option(Path("."), "--workspace", "-w", envvar="TETHER_WORKSPACE",
+                            help="The workspace folder (made by `tether init`).")
+
+
+def user_errors(fn):
+    """Print a TetherError as one message and exit 1, instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TetherError as e:
+            err_console.print(Text("error: ", style="bold red") + Text(str(e)))
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+@app.command()
+@user_errors
+def init(directory: Path = typer.Argument(..., help="Folder for the new workspace."),
+         database: Optional[str] = typer.Option(None, help="SQLAlchemy URL, e.g. postgresql://user@host/db "
+                                                "(default: SQLite tether.db in the workspace)."),
+         policy: Optional[str] = typer.Option(None, help="'bundled' (default), a hub id, or a local folder.")):
+    """Make a workspace: tether.yaml, the database and runs/."""
+    from tether.workspace import init_workspace
+
+    ws = init_workspace(directory, database, policy)
+    console.print(Text(f"workspace ready: {ws.root} (database: {ws.config.database}, policy: {ws.config.policy})"))
+
+
+def _report_import(res, what: str) -> None:
+    parts = [f"{res.rows} {what} read from {res.path}", f"{res.prompts_added} new prompts"]
+    if res.prompts_existing:
+        parts.append(f"{res.prompts_existing} prompts already stored")
+    if res.responses_added:
+        parts.append(f"{res.responses_added} responses")
+    if res.comparisons_added:
+        parts.append(f"{res.comparisons_added} comparisons")
+    console.print(Text("; ".join(parts)))
+
+
+@import_app.command("prompts")
+@user_errors
+def import_prompts(file: Path, split: str = typer.Option("train", help="Split for rows that name none."),
+                   workspace: Path = WorkspaceOpt):
+    """Prompts from .txt (one per line), .jsonl ({"prompt": ...}) or .csv (a 'prompt' column)."""
+    from tether.data.io import import_prompts as do
+    from tether.workspace import open_workspace
+
+    _report_import(do(open_workspace(workspace).store(), file, split), "prompts")
+
+
+@import_app.command("demos")
+@user_errors
+def import_demos(file: Path, split: str = typer.Option("train"),
+                 labeler: Optional[str] = typer.Option(None, help="Credit the demonstrations to this labeler."),
+                 workspace: Path = WorkspaceOpt):
+    """Demonstrations for SFT: JSONL rows {"messages": [...]} ending with the assistant's answer."""
+    from tether.data.io import import_demonstrations
+    from tether.workspace import open_workspace
+
+    _report_import(import_demonstrations(open_workspace(workspace).store(), file, split, labeler), "demonstrations")
+
+
+@import_app.command("prefs")
+@user_errors
+def import_prefs(file: Path, split: str = typer.Option("train"),
+                 labeler: Optional[str] = typer.Option(None, help="Credit the comparisons to this labeler."),
+                 round: int = typer.Option(0, help="Round to tag the comparisons with."),
+                 workspace: Path = WorkspaceOpt):
+    """Preference pairs in TRL's format (prompt/chosen/rejected; standard or conversational JSONL)."""
+    from tether.data.io import import_preferences
+    from tether.workspace import open_workspace
+
+    _report_import(import_preferences(open_workspace(workspace).store(), file, split, labeler, round), "pairs")
+
+
+@export_app.command("prefs")
+@user_errors
+def export_prefs(out: Path, format: str = typer.Option("auto", help="auto, standard or conversational."),
+                 round: Optional[int] = typer.Option(None, help="Only comparisons of this round."),
+                 workspace: Path = WorkspaceOpt):
+    """Stored comparisons as TRL preference JSONL (load with datasets.load_dataset("json", ...))."""
+    from tether.data.io import export_preferences
+    from tether.workspace import open_workspace
+
+    if format not in ("auto", "standard", "conversational"):
+        raise TetherError(f"--format: expected auto, standard or conversational, got {format!r}")
+    res = export_preferences(open_workspace(workspace).store(), out, format, round)
+    console.print(Text(f"{res.written} pairs written to {res.path} ({res.format} format); "
+                       f"not written: {res.ties} ties, {res.cant_tell} can't-tell"))
+
+
+@app.command()
+@user_errors
+def sample(k: Optional[int] = typer.Option(None, "--k", help="Responses per prompt."),
+           temperature: Optional[float] = typer.Option(None),
+           top_p: Optional[float] = typer.Option(None, "--top-p"),
+           max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens"),
+           batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+           seed: Optional[int] = typer.Option(None),
+           split: Optional[str] = typer.Option(None, help="Prompts of this split (default from tether.yaml)."),
+           policy: Optional[str] = typer.Option(None, help="Model to sample from (default from tether.yaml)."),
+           round: Optional[int] = typer.Option(None, help="Round to tag responses with (default from tether.yaml)."),
+           workspace: Path = WorkspaceOpt):
+    """Generate K responses per prompt with the policy and store them with their round.
+
+    Running it again tops each prompt up to K responses for this policy and round (a killed run
+    resumes); settings come from tether.yaml's `sample:` section, overridden by these options."""
+    from tether.config import with_overrides
+    from tether.recipes import sample as recipe
+    from tether.workspace import open_workspace
+
+    _quiet_transformers()
+    ws = open_workspace(workspace)
+    cfg = with_overrides(ws.config.sample, dict(k=k, temperature=temperature, top_p=top_p, seed=seed,
+                                                max_new_tokens=max_new_tokens, batch_size=batch_size, split=split))
+    res = recipe.run(ws, cfg, policy=policy, round=round)
+    if res.responses_added == 0:
+        console.print(Text(f"nothing to do: all {res.prompts_complete} prompts already have {cfg.k} responses"))
+        return
+    console.print(Text(f"{res.responses_added} responses to {res.prompts_sampled} prompts stored in "
+                       f"{ws.database_url if ws.database_url.startswith('sqlite') else 'the database'} "
+                       f"(run {res.run_id}); {res.new_tokens} new tokens in {res.seconds:.1f} s = "
+                       f"{res.tokens_per_s:.1f} tokens/s; {res.finished_fraction:.0%} ended with EOS"))
+
+
+@app.command()
+@user_errors
+def status(workspace: Path = WorkspaceOpt):
+    """What the workspace holds: rows per table, schema revision, settings."""
+    from tether.workspace import open_workspace
+
+    ws = open_workspace(workspace)
+    store = ws.store()
+    table = Table(title=f"workspace {ws.root}")
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    for name, n in store.counts().items():
+        table.add_row(name, str(n))
+    console.print(table)
+    console.print(Text(f"schema revision {store.revision()}; policy {ws.config.policy}; round {ws.config.round}"))
+
+
+@app.command()
+@user_errors
+def demo(directory: Path = typer.Option(Path("demo-workspace"), "--dir", help="Workspace folder for the demo."),
+         prompts: int = typer.Option(16, help="How many of the bundled prompts to use."),
+         k: int = typer.Option(4, "--k"), max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
+         fresh: bool = typer.Option(False, help="Delete the demo workspace first.")):
+    """The stages that exist so far, on the bundled model: init, import prompts, sample, export."""
+    import json
+    import shutil
+    import tempfile
+    from importlib.resources import files
+
+    from tether.config import with_overrides
+    from tether.data.io import import_prompts as do_import
+    from tether.recipes import sample as recipe
+    from tether.workspace import init_workspace, open_workspace
+
+    _quiet_transformers()
+    if fresh and directory.exists():
+        shutil.rmtree(directory)
+    ws = open_workspace(directory) if (directory / "tether.yaml").exists() else init_workspace(directory)
+    console.rule("1. prompts")
+    rows = (files("tether") / "assets" / "prompts.jsonl").read_text().splitlines()[:prompts]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "demo-prompts.jsonl"
+        path.write_text("\n".join(json.dumps({"prompt": json.loads(r)["prompt"]}) for r in rows) + "\n")
+        res = do_import(ws.store(), path, "train")
+    console.print(Text(f"{res.rows} prompts ({res.prompts_added} new) in {ws.database_url}"))
+    console.rule(f"2. sample {k} responses per prompt from the bundled model")
+    cfg = with_overrides(ws.config.sample, dict(k=k, max_new_tokens=max_new_tokens))
+    out = recipe.run(ws, cfg)
+    console.print(Text(f"{out.responses_added} new responses, {out.tokens_per_s:.1f} tokens/s"))
+    store = ws.store()
+    console.rule("3. what the workspace holds")
+    counts = store.counts()
+    console.print(Text(", ".join(f"{v} {k}" for k, v in counts.items() if v)))
+    from sqlalchemy import select
+
+    from tether.data import schema as S
+    with store.session() as s:
+        shown = s.execute(select(S.Prompt.text, S.Response.text, S.Response.finished)
+                          .join(S.Response).order_by(S.Response.id).limit(3)).all()
+    for p, r, fin in shown:
+        console.print(Text("prompt: ", style="bold") + Text(p))
+        console.print(Text("response: ", style="bold") + Text(r) + Text("" if fin else " [cut off]", style="dim"))
+    console.print(Text(f"demo workspace: {ws.root}  (next: `tether status -w {directory}`)"))
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app()
+
+
+if __name__ == "__main__":
+    main()

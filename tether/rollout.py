@@ -1,0 +1,78 @@
+"""Batched generation with the KV cache and left padding (HF `generate`; a vLLM backend comes later).
+
+Sequences are sorted by prompt length so a batch pads little; each batch is seeded so a run can be
+reproduced. A response that hits `max_new_tokens` without EOS is marked unfinished, and its text is
+exactly what was generated: nothing marks it as finished (a reward model must be able to see the cut).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from transformers import GenerationConfig
+
+
+@dataclass
+class Generation:
+    key: object  # the caller's identifier for the prompt
+    text: str  # decoded response, special tokens removed, no EOS
+    token_ids: list[int]  # generated tokens, EOS excluded
+    num_tokens: int  # tokens generated, EOS included
+    finished: bool  # ended with EOS (False: cut off at max_new_tokens)
+    seed: int
+
+
+def batch_seed(seed: int, batch_index: int) -> int:
+    return (seed * 1_000_003 + batch_index) % (2**31 - 1)
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+@torch.inference_mode()
+def generate(model, tokenizer, prompts: list[tuple[object, list[int]]], *, temperature: float = 0.7,
+             top_p: float = 1.0, max_new_tokens: int = 96, batch_size: int = 16,
+             seed: int = 0) -> Iterator[list[Generation]]:
+    """Generate one response per (key, prompt token ids), yielding a list per batch.
+
+    Repeat a prompt K times in `prompts` for K samples. Yielding per batch lets the caller store
+    results as they come, so an interrupted run keeps what it finished.
+    """
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stop = eos_ids(model, tokenizer)
+    gen_cfg = GenerationConfig(do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
+                               top_p=top_p if temperature > 0 else None, top_k=None,
+                               max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=sorted(stop),
+                               use_cache=True)
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i][1]))
+    for b, start in enumerate(range(0, len(order), batch_size)):
+        idx = order[start:start + batch_size]
+        width = max(len(prompts[i][1]) for i in idx)
+        input_ids = torch.full((len(idx), width), pad, dtype=torch.long)  # (B, T) left-padded
+        attention = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            ids = prompts[i][1]
+            input_ids[row, width - len(ids):] = torch.tensor(ids)
+            attention[row, width - len(ids):] = 1
+        s = batch_seed(seed, b)
+        torch.manual_seed(s)
+        out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                             generation_config=gen_cfg)
+        new = out[:, width:].tolist()  # (B, <= max_new_tokens)
+        batch = []
+        for row, i in enumerate(idx):
+            toks = new[row]
+            end = next((j for j, t in enumerate(toks) if t in stop), None)
+            kept = toks if end is None else toks[:end]
+            batch.append(Generation(key=prompts[i][0], text=tokenizer.decode(kept, skip_special_tokens=True),
+                                    token_ids=kept, num_tokens=len(kept) + (end is not None),
+                                    finished=end is not None, seed=s))
+        yield batch
