@@ -26,8 +26,8 @@ export_app = typer.Typer(help="Write workspace data out in TRL's formats.", no_a
 app.add_typer(import_app, name="import")
 app.add_typer(export_app, name="export")
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)  # long paths and messages stay on one line
+err_console = Console(stderr=True, soft_wrap=True)
 WorkspaceOpt = typer.Option(Path("."), "--workspace", "-w", envvar="TETHER_WORKSPACE",
                             help="The workspace folder (made by `tether init`).")
 

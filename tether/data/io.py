@@ -217,14 +217,14 @@ def read_preferences(path: str | Path) -> list[PreferenceIn]:
             if key not in row:
                 raise InputError(p, n, f"missing field '{key}'")
         conv = isinstance(row["chosen"], list)
+        if "prompt" not in row and not conv:
+            raise InputError(p, n, "missing field 'prompt' (an implicit prompt needs the conversational format)")
         row_fmt = ("conversational" if conv else "standard") + ("" if "prompt" in row else " implicit")
         if fmt is not None and row_fmt != fmt:
             raise InputError(p, n, f"this row is {row_fmt} but earlier rows are {fmt}: use one format per file")
         fmt = row_fmt
         chosen_raw, rejected_raw, prompt_raw = row.pop("chosen"), row.pop("rejected"), row.pop("prompt", None)
         if prompt_raw is None:
-            if not conv:
-                raise InputError(p, n, "missing field 'prompt' (an implicit prompt needs the conversational format)")
             c = _messages(chosen_raw, p, n, "chosen")
             r = _messages(rejected_raw, p, n, "rejected")
             k = 0

@@ -12,11 +12,35 @@ from datetime import datetime, timezone
 
 from sqlalchemy import JSON, Boolean, CheckConstraint, DateTime, Float, ForeignKey, Index, Integer, MetaData, String
 from sqlalchemy import Text, UniqueConstraint
+from sqlalchemy.ext.mutable import MutableDict, MutableList
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """A timezone-aware UTC datetime on every backend (SQLite would hand back naive ones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime: tether stores UTC-aware datetimes")
+        return value.astimezone(timezone.utc) if value is not None else None
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+# JSON columns that notice in-place edits (lab.groups["x"] = 1 is saved, not silently lost).
+JSONDict = MutableDict.as_mutable(JSON)
+JSONList = MutableList.as_mutable(JSON)
 
 
 class Base(DeclarativeBase):
@@ -28,7 +52,7 @@ class Base(DeclarativeBase):
         "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
         "pk": "pk_%(table_name)s",
     })
-    type_annotation_map = {dict: JSON, list: JSON}
+    type_annotation_map = {dict: JSONDict, list: JSONList, datetime: UTCDateTime}
 
 
 # Feedback kinds, as stored in `tasks.kind` and named by the CLI and web app.
@@ -45,13 +69,14 @@ class Prompt(Base):
     __tablename__ = "prompts"
     id: Mapped[int] = mapped_column(primary_key=True)
     text: Mapped[str] = mapped_column(Text)  # the last user turn, or the whole raw prompt
-    messages: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    messages: Mapped[list | None] = mapped_column(JSONList, nullable=True)
     content_hash: Mapped[str] = mapped_column(String(64), unique=True)  # de-duplicates imports
     split: Mapped[str] = mapped_column(String(32), default="train", index=True)
     source: Mapped[str | None] = mapped_column(String(512), nullable=True)
-    meta: Mapped[dict] = mapped_column(JSON, default=dict)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    responses: Mapped[list[Response]] = relationship(back_populates="prompt")
+    meta: Mapped[dict] = mapped_column(JSONDict, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    responses: Mapped[list[Response]] = relationship(back_populates="prompt", cascade="all, delete-orphan",
+                                                   passive_deletes=True)
 
 
 class Response(Base):
@@ -63,18 +88,18 @@ class Response(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"))
     text: Mapped[str] = mapped_column(Text)
-    messages: Mapped[list | None] = mapped_column(JSON, nullable=True)  # conversational responses
+    messages: Mapped[list | None] = mapped_column(JSONList, nullable=True)  # conversational responses
     source: Mapped[str] = mapped_column(String(32), default="sample")
     policy: Mapped[str] = mapped_column(String(512))  # model name or path
     checkpoint: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     round: Mapped[int] = mapped_column(Integer, default=0, index=True)
-    sampling: Mapped[dict] = mapped_column(JSON, default=dict)  # temperature, top_p, max_new_tokens, seed...
+    sampling: Mapped[dict] = mapped_column(JSONDict, default=dict)  # temperature, top_p, max_new_tokens, seed...
     seed: Mapped[int | None] = mapped_column(Integer, nullable=True)
     num_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     finished: Mapped[bool] = mapped_column(Boolean, default=True)
     labeler_id: Mapped[int | None] = mapped_column(ForeignKey("labelers.id"), nullable=True)  # demonstrations
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     prompt: Mapped[Prompt] = relationship(back_populates="responses")
 
 
@@ -90,9 +115,9 @@ class Labeler(Base):
     role: Mapped[str] = mapped_column(String(32), default="labeler")
     password_hash: Mapped[str | None] = mapped_column(String(255), nullable=True)
     invite_token: Mapped[str | None] = mapped_column(String(255), nullable=True, unique=True)
-    groups: Mapped[dict] = mapped_column(JSON, default=dict)
+    groups: Mapped[dict] = mapped_column(JSONDict, default=dict)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Task(Base):
@@ -103,13 +128,13 @@ class Task(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))
     prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"))
-    response_ids: Mapped[list] = mapped_column(JSON)  # in the order shown
+    response_ids: Mapped[list] = mapped_column(JSONList)  # in the order shown
     labels_needed: Mapped[int] = mapped_column(Integer, default=1)
     priority: Mapped[float] = mapped_column(Float, default=0.0, index=True)
     round: Mapped[int] = mapped_column(Integer, default=0, index=True)
-    options: Mapped[dict] = mapped_column(JSON, default=dict)  # e.g. flaw categories, A/B policy names
+    options: Mapped[dict] = mapped_column(JSONDict, default=dict)  # e.g. flaw categories, A/B policy names
     status: Mapped[str] = mapped_column(String(16), default="open", index=True)  # open | done | cancelled
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Assignment(Base):
@@ -121,8 +146,8 @@ class Assignment(Base):
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
     labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id"), index=True)
     status: Mapped[str] = mapped_column(String(16), default="assigned")  # assigned | done | abandoned
-    assigned_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    assigned_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class _Feedback:
@@ -133,8 +158,8 @@ class _Feedback:
     task_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id", ondelete="SET NULL"), nullable=True)
     round: Mapped[int] = mapped_column(Integer, default=0)
     duration_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    meta: Mapped[dict] = mapped_column(JSON, default=dict)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    meta: Mapped[dict] = mapped_column(JSONDict, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Comparison(_Feedback, Base):
@@ -191,7 +216,7 @@ class FlawReport(_Feedback, Base):
 
     __tablename__ = "flaw_reports"
     response_id: Mapped[int] = mapped_column(ForeignKey("responses.id", ondelete="CASCADE"), index=True)
-    categories: Mapped[list] = mapped_column(JSON, default=list)
+    categories: Mapped[list] = mapped_column(JSONList, default=list)
 
 
 class Critique(_Feedback, Base):
@@ -213,8 +238,8 @@ class Run(Base):
     stage: Mapped[str] = mapped_column(String(32), index=True)
     round: Mapped[int] = mapped_column(Integer, default=0)
     status: Mapped[str] = mapped_column(String(16), default="running")  # running | done | failed
-    config: Mapped[dict] = mapped_column(JSON, default=dict)
+    config: Mapped[dict] = mapped_column(JSONDict, default=dict)
     path: Mapped[str | None] = mapped_column(String(1024), nullable=True)
-    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    metrics: Mapped[dict] = mapped_column(JSONDict, default=dict)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -37,6 +37,13 @@ def normalise_url(url: str) -> str:
     return url
 
 
+def _hide_password(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return url
+
+
 def _alembic_config() -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
@@ -67,8 +74,8 @@ class Store:
             make_url(self.url)
             kwargs = {"pool_pre_ping": True} if not self.url.startswith("sqlite") else {}
             self.engine: Engine = create_engine(self.url, **kwargs)
-        except (ArgumentError, ImportError) as e:
-            raise TetherError(f"Bad database URL '{url}': {e}") from None
+        except (ArgumentError, ImportError, ValueError) as e:
+            raise TetherError(f"Bad database URL '{_hide_password(url)}': {e}") from None
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -153,6 +160,8 @@ class Store:
     def finish_run(self, run_id: int, status: str = "done", metrics: dict | None = None) -> None:
         with self.session() as s:
             run = s.get(S.Run, run_id)
+            if run is None:
+                raise TetherError(f"no run with id {run_id} in this workspace")
             run.status = status
             run.metrics = metrics or {}
             run.finished_at = datetime.now(timezone.utc)

@@ -1,0 +1,114 @@
+"""Shared fixtures: offline, one thread, tiny random models with the bundled tokenizer, a PostgreSQL
+database per test session, and fresh workspaces."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import uuid  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+PG_ADMIN_URL = os.environ.get("TETHER_TEST_PG_URL",
+                              "postgresql+psycopg://postgres:postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def bundled_tokenizer():
+    """The bundled SmolLM2 tokenizer (converts the bundled model once into the tether cache)."""
+    from tether.models import load_tokenizer
+
+    return load_tokenizer("bundled")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, bundled_tokenizer):
+    """A 2-layer Llama with random weights and the bundled tokenizer, saved as a local HF folder."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(bundled_tokenizer), hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=512, tie_word_embeddings=True,
+                      bos_token_id=bundled_tokenizer.bos_token_id, eos_token_id=bundled_tokenizer.eos_token_id,
+                      pad_token_id=bundled_tokenizer.pad_token_id)
+    model = LlamaForCausalLM(cfg)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(path)
+    bundled_tokenizer.save_pretrained(path)
+    return path
+
+
+def _pg_available() -> str | None:
+    import psycopg
+
+    url = PG_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
+    try:
+        psycopg.connect(url, connect_timeout=3).close()
+        return None
+    except psycopg.OperationalError as e:
+        return str(e).strip().splitlines()[0]
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    """A fresh PostgreSQL database for this test session, dropped at the end.
+
+    Skipped when no server answers, except on CI (CI=true), where that is a failure."""
+    import psycopg
+
+    problem = _pg_available()
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {problem}")
+        pytest.skip(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {problem}")
+    name = f"tether_test_{uuid.uuid4().hex[:10]}"
+    admin = PG_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def fresh_pg_url(pg_url):
+    """An empty PostgreSQL database for one test (its schema is dropped before use)."""
+    import psycopg
+
+    with psycopg.connect(pg_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+        conn.execute("DROP SCHEMA public CASCADE")
+        conn.execute("CREATE SCHEMA public")
+    return pg_url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request, tmp_path):
+    """Each test using this runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'tether.db'}"
+    return request.getfixturevalue("fresh_pg_url")
+
+
+@pytest.fixture
+def store(db_url):
+    from tether.data.store import Store
+
+    s = Store(db_url)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def workspace(tmp_path, tiny_model_dir):
+    """A SQLite workspace whose policy is the tiny random model."""
+    from tether.workspace import init_workspace
+
+    return init_workspace(tmp_path / "ws", policy=str(tiny_model_dir))
