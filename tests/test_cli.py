@@ -77,6 +77,11 @@ def test_bad_option_value_is_refused(ws):
     assert r.exit_code == 1 and "command line: temperature" in r.output
 
 
+def test_sample_without_prompts_says_what_to_do(ws):
+    r = tether("sample", "-w", ws)
+    assert r.exit_code == 1 and "no prompts in split 'train'" in r.output and "tether import prompts" in r.output
+
+
 def test_init_refuses_existing_workspace_and_missing_workspace_is_explained(ws, tmp_path):
     r = tether("init", ws)
     assert r.exit_code == 1 and "already a workspace" in r.output

@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 from tether import models
 from tether.config import SampleConfig
 from tether.data import schema as S
+from tether.errors import TetherError
 from tether.rollout import generate
 from tether.workspace import Workspace
 
@@ -63,6 +64,10 @@ def run(ws: Workspace, cfg: SampleConfig, policy: str | None = None, round: int 
             select(S.Response.prompt_id, func.count()).where(S.Response.round == round, S.Response.policy == policy,
                                                              S.Response.source == "sample")
             .group_by(S.Response.prompt_id)).all())
+    if not prompts:
+        store.close()
+        where = f" in split '{cfg.split}'" if cfg.split is not None else ""
+        raise TetherError(f"no prompts{where} in the workspace: import some with `tether import prompts FILE`")
     todo = [(p, cfg.k - have.get(p.id, 0)) for p in prompts if have.get(p.id, 0) < cfg.k]
     result = SampleResult(None, 0, len(todo), len(prompts) - len(todo), 0, 0.0, 0.0)
     if not todo:
