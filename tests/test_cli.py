@@ -87,3 +87,17 @@ def test_init_refuses_existing_workspace_and_missing_workspace_is_explained(ws, 
     assert r.exit_code == 1 and "already a workspace" in r.output
     r = tether("status", "-w", tmp_path / "nowhere")
     assert r.exit_code == 1 and "tether init" in r.output
+
+
+def test_import_feedback_refuses_bad_ranking_and_stores_nothing(ws, tmp_path):
+    prefs = [{"prompt": "Q", "chosen": "good", "rejected": "bad"}]
+    (tmp_path / "prefs.jsonl").write_text(json.dumps(prefs[0]) + "\n")
+    tether("import", "prefs", tmp_path / "prefs.jsonl", "-w", ws)
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text(json.dumps({"kind": "rating", "labeler": "ann", "response_id": 1, "score": 4}) + "\n"
+                      + json.dumps({"kind": "ranking", "labeler": "ann", "response_ids": [1, 2, 1]}) + "\n")
+    r = tether("import", "feedback", labels, "-w", ws)
+    assert r.exit_code == 1 and "line 2: the ranking names response 1 twice" in r.output
+    labels.write_text(json.dumps({"kind": "rating", "labeler": "ann", "response_id": 1, "score": 4}) + "\n")
+    r = tether("import", "feedback", labels, "-w", ws)
+    assert r.exit_code == 0 and "1 ratings" in r.output

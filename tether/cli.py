@@ -113,6 +113,18 @@ def import_prefs(file: Path, split: str = typer.Option("train"),
     _report_import(import_preferences(open_workspace(workspace).store(), file, split, labeler, round), "pairs")
 
 
+@import_app.command("feedback")
+@user_errors
+def import_feedback(file: Path, workspace: Path = WorkspaceOpt):
+    """Labels on stored responses, JSONL: {"kind": "comparison"|"ranking"|"rating"|"thumb"|"flaws"|"critique",
+    "labeler": NAME, ...}. Every line is checked; one bad line and nothing is stored."""
+    from tether.data.feedback import import_feedback as do
+    from tether.workspace import open_workspace
+
+    counts = do(open_workspace(workspace).store(), file)
+    console.print(Text(f"stored from {file}: " + ", ".join(f"{n} {k}s" for k, n in counts.items())))
+
+
 @export_app.command("prefs")
 @user_errors
 def export_prefs(out: Path, format: str = typer.Option("auto", help="auto, standard or conversational."),
