@@ -1,0 +1,105 @@
+"""From the feedback stored in a workspace to weighted preference pairs for training.
+
+Every kind of feedback becomes pairs of response ids (`aggregate.Pair`): comparisons directly,
+rankings into their K(K-1)/2 pairs (kept together as a group), ratings into pairs within one
+labeler's ratings of one prompt, thumbs into up-over-down pairs. Before that, labeler quality is
+measured on the pairwise judgements (comparisons and ranking-derived pairs) with
+`agreement.flag_labelers`; flagged labelers are down-weighted or excluded, as configured.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Literal
+
+from sqlalchemy import select
+
+from tether.data import schema as S
+from tether.data.store import Store
+from tether.feedback import aggregate as A
+from tether.feedback.agreement import LabelerFlag, flag_labelers, labeler_weights
+
+KINDS = ("comparison", "ranking", "rating", "thumb")
+
+
+@dataclass
+class CollectedPairs:
+    pairs: list[A.Pair]
+    by_kind: dict[str, int] = field(default_factory=dict)  # pairs per feedback kind
+    n_ties: int = 0
+    n_cant_tell: int = 0
+    flags: list[LabelerFlag] = field(default_factory=list)
+    weights: dict[int, float] = field(default_factory=dict)  # labeler id -> weight applied
+    labelers: dict[int, str] = field(default_factory=dict)  # labeler id -> name
+
+
+def _pair_labels(comparisons, rankings) -> tuple[dict, dict]:
+    """labels_by_item for agreement: item = an unordered response pair, label = the winner's id
+    (or 'tie' / 'cant_tell'); plus each labeler's answer times."""
+    labels: dict[tuple, dict] = defaultdict(dict)
+    durations: dict[int, list[float]] = defaultdict(list)
+    for c in comparisons:
+        item = (min(c.response_a_id, c.response_b_id), max(c.response_a_id, c.response_b_id))
+        labels[item][c.labeler_id] = {"a": c.response_a_id, "b": c.response_b_id}.get(c.choice, c.choice)
+        if c.duration_ms is not None:
+            durations[c.labeler_id].append(c.duration_ms)
+    for r in rankings:
+        for p in A.ranking_pairs(r.response_ids):
+            labels[(min(p.chosen, p.rejected), max(p.chosen, p.rejected))][r.labeler_id] = p.chosen
+        if r.duration_ms is not None:
+            durations[r.labeler_id].append(r.duration_ms)
+    return labels, durations
+
+
+def collect_pairs(store: Store, rounds: list[int] | None = None, kinds: tuple[str, ...] = KINDS,
+                  labeler_policy: Literal["downweight", "exclude", "keep"] = "downweight",
+                  downweight: float = 0.3, min_items: int = 10, min_ms: float = 1500) -> CollectedPairs:
+    """Weighted pairs from the feedback of `rounds` (all rounds if None)."""
+    with store.session() as s:
+        def rows(model):
+            q = select(model)
+            return list(s.scalars(q.where(model.round.in_(rounds)) if rounds is not None else q))
+
+        comparisons = rows(S.Comparison) if "comparison" in kinds else []
+        rankings = rows(S.Ranking) if "ranking" in kinds else []
+        for r in rankings:
+            r.response_ids  # noqa: B018 (load the items while the session is open)
+        ratings = rows(S.Rating) if "rating" in kinds else []
+        thumbs = rows(S.Thumb) if "thumb" in kinds else []
+        prompt_of = dict(s.execute(select(S.Response.id, S.Response.prompt_id)).all())
+        names = dict(s.execute(select(S.Labeler.id, S.Labeler.name)).all())
+
+    out = CollectedPairs([], labelers=names)
+    labels, durations = _pair_labels(comparisons, rankings)
+    if labeler_policy != "keep" and labels:
+        out.flags = flag_labelers(labels, durations, min_items=min_items, min_ms=min_ms)
+        out.weights = labeler_weights(out.flags, "exclude" if labeler_policy == "exclude" else "downweight",
+                                      factor=downweight)
+
+    def add(kind: str, pairs: list[A.Pair]) -> None:
+        kept = []
+        for p in pairs:
+            w = p.weight * out.weights.get(p.labeler, 1.0)
+            if w > 0:
+                kept.append(A.Pair(p.prompt_id, p.chosen, p.rejected, w, p.group, p.labeler))
+        out.pairs.extend(kept)
+        out.by_kind[kind] = len(kept)
+
+    res = A.comparison_pairs(A.Comparison(c.response_a_id, c.response_b_id, c.choice, c.labeler_id,
+                                          prompt_of[c.response_a_id]) for c in comparisons)
+    out.n_ties, out.n_cant_tell = res.n_ties, res.n_cant_tell
+    add("comparison", res.pairs)
+    add("ranking", [p for r in rankings for p in A.ranking_pairs(r.response_ids, r.prompt_id, r.labeler_id,
+                                                                 group=r.id)])
+    res = A.rating_pairs((r.response_id, prompt_of[r.response_id], r.labeler_id, r.score) for r in ratings)
+    out.n_ties += res.n_ties
+    add("rating", res.pairs)
+    # thumbs are pooled over labelers (majority vote per response), so weights apply per vote:
+    # excluded labelers' votes are dropped before the vote
+    votes = [(t.response_id, prompt_of[t.response_id], t.labeler_id, t.up) for t in thumbs
+             if out.weights.get(t.labeler_id, 1.0) > 0]
+    res = A.thumbs_pairs(votes)
+    out.n_ties += res.n_ties
+    add("thumb", res.pairs)
+    return out
