@@ -35,18 +35,24 @@ class CollectedPairs:
 
 
 def _pair_labels(comparisons, rankings) -> tuple[dict, dict]:
-    """labels_by_item for agreement: item = an unordered response pair, label = the winner's id
-    (or 'tie' / 'cant_tell'); plus each labeler's answer times."""
+    """labels_by_item for agreement: item = an unordered response pair (lower id first), label =
+    'first' or 'second' for the winner (a binary task, whatever the order shown), or 'tie' /
+    'cant_tell'; plus each labeler's answer times."""
     labels: dict[tuple, dict] = defaultdict(dict)
     durations: dict[int, list[float]] = defaultdict(list)
+
+    def put(labeler: int, x: int, y: int, winner: int | str) -> None:
+        item = (min(x, y), max(x, y))
+        labels[item][labeler] = winner if isinstance(winner, str) else ("first" if winner == item[0] else "second")
+
     for c in comparisons:
-        item = (min(c.response_a_id, c.response_b_id), max(c.response_a_id, c.response_b_id))
-        labels[item][c.labeler_id] = {"a": c.response_a_id, "b": c.response_b_id}.get(c.choice, c.choice)
+        winner = {"a": c.response_a_id, "b": c.response_b_id}.get(c.choice, c.choice)
+        put(c.labeler_id, c.response_a_id, c.response_b_id, winner)
         if c.duration_ms is not None:
             durations[c.labeler_id].append(c.duration_ms)
     for r in rankings:
         for p in A.ranking_pairs(r.response_ids):
-            labels[(min(p.chosen, p.rejected), max(p.chosen, p.rejected))][r.labeler_id] = p.chosen
+            put(r.labeler_id, p.chosen, p.rejected, p.chosen)
         if r.duration_ms is not None:
             durations[r.labeler_id].append(r.duration_ms)
     return labels, durations
