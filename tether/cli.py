@@ -177,6 +177,33 @@ def sample(k: Optional[int] = typer.Option(None, "--k", help="Responses per prom
 
 @app.command()
 @user_errors
+def label(simulated: bool = typer.Option(False, "--simulated", help="Use simulated labelers (no people)."),
+          items: Optional[int] = typer.Option(None, help="Labeling items (default: one per prompt)."),
+          overlap: int = typer.Option(3, help="Labelers per item."),
+          labelers: int = typer.Option(20, help="Size of the simulated pool."),
+          adversarial: int = typer.Option(3, help="Simulated labelers who flip every answer."),
+          random_labelers: int = typer.Option(2, "--random", help="Simulated labelers who answer at random."),
+          seed: int = typer.Option(0),
+          round: Optional[int] = typer.Option(None, help="Round whose samples to label (default: tether.yaml)."),
+          workspace: Path = WorkspaceOpt):
+    """Collect feedback on the round's samples. With --simulated, a pool of simulated labelers
+    (careful, noisy, length-biased, adversarial, random) judged by the hidden gold scorer answers
+    pairwise, ranking, rating, thumbs and flaw questions."""
+    from tether.feedback.simulate import SimulationConfig, simulate_feedback
+    from tether.workspace import open_workspace
+
+    if not simulated:
+        raise TetherError("labeling by people runs in the web app, which is not built yet; "
+                          "use --simulated for simulated labelers")
+    ws = open_workspace(workspace)
+    cfg = SimulationConfig(labelers=labelers, adversarial=adversarial, random=random_labelers, overlap=overlap,
+                           items=items, seed=seed)
+    counts = simulate_feedback(ws.store(), cfg, ws.config.round if round is None else round)
+    console.print(Text("stored: " + ", ".join(f"{n} {k}s" for k, n in counts.items())))
+
+
+@app.command()
+@user_errors
 def status(workspace: Path = WorkspaceOpt):
     """What the workspace holds: rows per table, schema revision, settings."""
     from tether.workspace import open_workspace
