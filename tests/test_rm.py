@@ -1,0 +1,328 @@
+"""Reward models (tether.reward) and the reward-model recipe (tether.recipes.rm), on the tiny model."""
+
+import dataclasses
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from tether import reward
+from tether.algos.losses import bradley_terry_loss
+from tether.errors import TetherError
+from tether.models import LoraSettings
+from tether.recipes import rm
+
+MSGS = [{"role": "user", "content": "Name a colour."}]
+PROMPTS = ["Name a colour.", "What colour do you like?", "Pick a colour for the wall.", "Describe the sky."]
+FILLER = ["the", "a", "my", "nice", "deep", "light", "old", "new", "car", "sea", "door", "shirt", "is", "very"]
+
+
+def colour_pairs(n: int, seed: int = 0) -> list[rm.PreferenceExample]:
+    """Chosen answers say "blue", rejected ones say "red"; everything else is shared filler."""
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(n):
+        words = rng.sample(FILLER, 4)
+        at = rng.randrange(5)
+        prompt = [{"role": "user", "content": rng.choice(PROMPTS)}]
+        pairs.append(rm.PreferenceExample(prompt, " ".join(words[:at] + ["blue"] + words[at:]),
+                                          " ".join(words[:at] + ["red"] + words[at:])))
+    return pairs
+
+
+def cfg_for(tiny_model_dir, tmp_path, **kw) -> rm.RMConfig:
+    base = dict(model=str(tiny_model_dir), lr=3e-3, epochs=4, batch_size=8, max_length=64, warmup=0.0,
+                log_every=2, checkpoint_every=None, out_dir=str(tmp_path / "rm"), seed=0)
+    return rm.RMConfig(**(base | kw))
+
+
+# --- encoding -------------------------------------------------------------------------------------
+
+def test_encode_pair_text_finished_vs_unfinished(bundled_tokenizer):
+    tok = bundled_tokenizer
+    done = reward.encode_pair_text(tok, MSGS, "Blue, like the sea", finished=True)
+    cut = reward.encode_pair_text(tok, MSGS, "Blue, like the sea", finished=False)
+    full = tok.apply_chat_template(MSGS + [{"role": "assistant", "content": "Blue, like the sea"}], tokenize=False)
+    assert tok.decode(done) == full  # the model's own template, once
+    assert tok.decode(done).endswith("Blue, like the sea<|im_end|>\n")
+    assert tok.decode(cut).endswith("<|im_start|>assistant\nBlue, like the sea")  # looks cut off
+    assert tok.convert_tokens_to_ids("<|im_end|>") not in cut[len(models_prompt(tok)):]
+    assert done[:len(cut)] == cut and len(done) > len(cut)  # same tokens, only the end-of-turn differs
+    for ids in (done, cut):  # BOS once
+        assert ids[0] == tok.bos_token_id and ids[1] != tok.bos_token_id
+    plain_done = reward.encode_pair_text(tok, "Once upon a time", " there was", finished=True)
+    plain_cut = reward.encode_pair_text(tok, "Once upon a time", " there was", finished=False)
+    assert plain_done == plain_cut + [tok.eos_token_id] and plain_cut[-1] != tok.eos_token_id
+
+
+def models_prompt(tok):
+    from tether.models import encode_prompt
+
+    return encode_prompt(tok, MSGS)
+
+
+def test_encode_pair_text_truncates_the_prompt_from_the_left(bundled_tokenizer):
+    tok = bundled_tokenizer
+    full = reward.encode_pair_text(tok, MSGS, "Blue, like the sea", finished=True)
+    short = reward.encode_pair_text(tok, MSGS, "Blue, like the sea", finished=True, max_length=12)
+    assert len(short) == 12 and short[0] == tok.bos_token_id  # BOS kept
+    assert short[1:] == full[-11:]  # the end of the response survives
+    assert reward.encode_pair_text(tok, MSGS, "x", max_length=len(full)) == reward.encode_pair_text(tok, MSGS, "x")
+
+
+# --- forward ----------------------------------------------------------------------------------------
+
+ITEMS = [(MSGS, "Blue", True), (MSGS, "Red, like a fire truck on a", False),
+         ("Once upon a time", " there was a blue sea", False), (MSGS, "Green is the colour of grass", True)]
+
+
+def test_reward_forward_matches_hf_pooling_and_ignores_padding_side(tiny_model_dir):
+    model, tok = reward.load_reward_model(str(tiny_model_dir), num_heads=2)
+    rows = [reward.encode_pair_text(tok, *item) for item in ITEMS]
+    assert all(r[-1] != tok.pad_token_id for r in rows)  # where HF's pad-based pooling is right
+    ids, mask = reward.pad_batch(rows, tok.pad_token_id)  # right padding
+    with torch.no_grad():
+        ours = reward.reward_forward(model, ids, mask)  # (4, 2)
+        hf = model(input_ids=ids, attention_mask=mask).logits  # (4, 2)
+        width = ids.shape[1]
+        left_ids = torch.stack([torch.cat([torch.full((width - len(r),), tok.pad_token_id), torch.tensor(r)])
+                                for r in rows])
+        left_mask = torch.stack([torch.cat([torch.zeros(width - len(r)), torch.ones(len(r))]).long() for r in rows])
+        left = reward.reward_forward(model, left_ids, left_mask)
+        alone = torch.cat([reward.reward_forward(model, torch.tensor([r]), torch.ones(1, len(r), dtype=torch.long))
+                           for r in rows])
+    assert ours.shape == (4, 2)
+    torch.testing.assert_close(ours, hf, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(left, ours, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(alone, ours, atol=1e-5, rtol=1e-4)
+    # and score_texts (sorted by length, batched) gives the same rewards in input order
+    torch.testing.assert_close(reward.score_texts(model, tok, ITEMS, batch_size=3), ours, atol=1e-5, rtol=1e-4)
+
+
+def test_fresh_head_is_initialised_small(tiny_model_dir):
+    torch.manual_seed(0)
+    model, _ = reward.load_reward_model(str(tiny_model_dir), num_heads=16)  # 32 x 16 weights
+    assert model.score.weight.std().item() == pytest.approx(1 / math.sqrt(32 + 1), rel=0.15)
+    assert model.config.pad_token_id is not None
+
+
+def test_ensemble_stats_by_hand():
+    mean, std = reward.ensemble_stats(torch.tensor([[1.0, 3.0], [2.0, 2.0]]))
+    torch.testing.assert_close(mean, torch.tensor([2.0, 2.0]))
+    torch.testing.assert_close(std, torch.tensor([1.0, 0.0]))  # population std over heads
+
+
+# --- pure helpers -----------------------------------------------------------------------------------
+
+def test_weighted_bt_loss_by_hand():
+    """c = (1, 0), r = (0, 0), w = (2, 0): losses -log σ(1) = 0.31326, -log σ(0) = 0.69315;
+    loss = (2 · 0.31326 + 0 · 0.69315) / 2 = 0.31326; accuracy = 1/2 (a tie is not a win)."""
+    c, r = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0])
+    loss, acc = rm.weighted_bt_loss(c, r, torch.tensor([2.0, 0.0]))
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-1)), abs=1e-6)
+    assert acc.item() == 0.5
+    # margin (1, 0): both differences become 0 -> log 2 each
+    loss, _ = rm.weighted_bt_loss(c, r, margin=torch.tensor([1.0, 0.0]))
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-6)
+    # unit weights = the library's bradley_terry_loss, with and without margin
+    c, r, m = torch.randn(7), torch.randn(7), torch.rand(7)
+    for margin in (None, m):
+        ours, our_acc = rm.weighted_bt_loss(c, r, torch.ones(7), margin)
+        ref, ref_acc = bradley_terry_loss(c, r, margin)
+        torch.testing.assert_close(ours, ref)
+        torch.testing.assert_close(our_acc, ref_acc)
+    # two heads, per-head weights: head 0 counts pair 0 twice, head 1 only pair 1
+    c2, r2 = torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.zeros(2, 2)
+    w2 = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    loss, acc = rm.weighted_bt_loss(c2, r2, w2)
+    sp = lambda x: math.log(1 + math.exp(-x))  # noqa: E731  -log σ(x)
+    assert loss.item() == pytest.approx((2 * sp(2.0) + sp(1.0)) / 4, abs=1e-6)
+    assert acc.item() == 1.0  # mean heads: 1 > 0 and 0.5 > 0
+
+
+def test_expected_calibration_error_by_hand():
+    """bins of width 0.1: {0.05 | label 0} -> |0 - 0.05|, {0.15 | 1} -> |1 - 0.15|, {0.95, 0.95 | 1, 0} -> |0.5 - 0.95|;
+    ECE = 1/4 · 0.05 + 1/4 · 0.85 + 2/4 · 0.45 = 0.45."""
+    ece = rm.expected_calibration_error(torch.tensor([0.05, 0.15, 0.95, 0.95]), torch.tensor([0, 1, 1, 0]))
+    assert ece == pytest.approx(0.45, abs=1e-6)
+    assert rm.expected_calibration_error(torch.tensor([1.0, 1.0, 0.0]), torch.tensor([1, 1, 0])) == pytest.approx(0.0)
+    assert rm.expected_calibration_error(torch.tensor([0.3, 0.3]), torch.tensor([1, 0]), bins=2) == pytest.approx(0.2)
+
+
+def test_batches_keep_groups_together():
+    groups = [7, None, 7, 3, 3, 3, None, 9, 9, 9, 9, 9]  # group 9 (5 pairs) is larger than a batch
+    batches = rm.batches_keeping_groups(groups, 4, random.Random(1))
+    assert sorted(i for b in batches for i in b) == list(range(len(groups)))  # every pair once
+    for g in (7, 3, 9):
+        members = {i for i, x in enumerate(groups) if x == g}
+        assert sum(bool(members & set(b)) for b in batches) == 1  # the whole group in one batch
+    assert all(len(b) <= 4 for b in batches if 9 not in [groups[i] for i in b])
+    assert batches != rm.batches_keeping_groups(groups, 4, random.Random(2))  # shuffled
+    assert batches == rm.batches_keeping_groups(groups, 4, random.Random(1))  # reproducible
+    assert rm.batches_keeping_groups([None] * 5, 2, random.Random(0)).__len__() == 3
+
+
+def test_bootstrap_weights():
+    w = rm.bootstrap_weights(50, 3, seed=0)
+    assert w.shape == (50, 3) and torch.all(w.sum(0) == 50) and torch.all(w == w.round())
+    assert not torch.equal(w[:, 0], w[:, 1])  # each head has its own resample
+    assert (w == 0).any()  # ~37% of pairs are left out of each resample
+    torch.testing.assert_close(w, rm.bootstrap_weights(50, 3, seed=0))
+    torch.testing.assert_close(rm.bootstrap_weights(4, 1, seed=0), torch.ones(4, 1))
+
+
+def test_split_eval_holds_out_whole_groups():
+    pairs = [rm.PreferenceExample("p", "a", "b", group=i // 3) for i in range(30)]
+    train, held = rm.split_eval(pairs, 0.2, seed=0)
+    assert len(train) + len(held) == 30 and len(held) == 6
+    assert not {p.group for p in train} & {p.group for p in held}
+
+
+# --- training ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tmp_path_factory):
+    """Blue beats red: 64 pairs (16 held out), 4 epochs on the tiny model, normalised on 12 samples."""
+    tmp = tmp_path_factory.mktemp("rm-train")
+    normalise_on = [(MSGS, f"{w} blue" if i % 2 else f"{w} red", i % 3 != 0) for i, w in enumerate(FILLER[:12])]
+    cfg = cfg_for(tiny_model_dir, tmp, eval_fraction=0.25)
+    result = rm.train(cfg, colour_pairs(64), normalise_on=normalise_on, show_progress=False)
+    return result, normalise_on
+
+
+def test_training_learns_a_simple_preference(trained, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    result, _ = trained
+    m = result.metrics
+    print({k: v for k, v in m.items() if k.startswith("eval_")})
+    assert result.completed and result.steps == result.total_steps == 4 * 6  # 48 pairs -> 6 batches x 4 epochs
+    assert m["eval_pairs"] == 16 and m["eval_accuracy"] >= 0.9
+    assert m["eval_margin"] > 0 and 0 <= m["eval_ece"] <= 1 and 0 <= m["eval_brier"] < 0.25
+    lines = [json.loads(x) for x in (result.out_dir / "metrics.jsonl").read_text().splitlines()]
+    train_lines = [x for x in lines if "loss" in x]
+    assert [x["step"] for x in train_lines] == list(range(2, 25, 2))
+    assert all(math.isfinite(x["loss"]) and x["pairs_per_s"] > 0 for x in train_lines)
+    assert train_lines[-1]["loss"] < train_lines[0]["loss"]
+    assert json.loads((result.out_dir / "metrics.json").read_text())["eval_accuracy"] == m["eval_accuracy"]
+    assert any((result.out_dir / "tb").iterdir())
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    before = base.model.layers[0].self_attn.q_proj.weight
+    assert not torch.allclose(result.model.model.layers[0].self_attn.q_proj.weight, before)
+
+
+def test_saved_model_loads_with_plain_transformers(trained):
+    from transformers import AutoModelForSequenceClassification
+
+    result, _ = trained
+    plain = AutoModelForSequenceClassification.from_pretrained(result.model_dir).eval()
+    assert plain.config.tether_reward["heads"] == 1
+    tok = result.tokenizer
+    rows = [reward.encode_pair_text(tok, *item) for item in ITEMS]
+    ids, mask = reward.pad_batch(rows, tok.pad_token_id)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(input_ids=ids, attention_mask=mask).logits,
+                                   reward.reward_forward(result.model, ids, mask), atol=1e-5, rtol=1e-4)
+    again, _ = reward.load_reward_model(str(result.model_dir))  # the trained head is kept
+    torch.testing.assert_close(again.score.weight, result.model.score.weight)
+    torch.testing.assert_close(reward.score_texts(again, tok, ITEMS), reward.score_texts(result.model, tok, ITEMS))
+
+
+def test_normalisation_over_the_policy_samples(trained):
+    result, normalise_on = trained
+    scores = reward.score_texts(result.model, result.tokenizer, normalise_on)  # (12, 1)
+    assert scores.mean().item() == pytest.approx(0.0, abs=1e-4)
+    assert scores.std().item() == pytest.approx(1.0, abs=1e-4)
+    raw = reward.score_texts(result.model, result.tokenizer, normalise_on, normalise_scores=False)
+    assert raw.std().item() != pytest.approx(1.0, abs=1e-3)  # it really was rescaled
+
+
+def test_ensemble_heads_disagree(tiny_model_dir, tmp_path):
+    cfg = cfg_for(tiny_model_dir, tmp_path, num_heads=3, epochs=1, eval_fraction=0.25, eval_every=1)
+    result = rm.train(cfg, colour_pairs(32), show_progress=False)
+    lines = [json.loads(x) for x in (result.out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "eval_accuracy" in x] == [1, 2, 3]  # every step, and at the end
+    scores = reward.score_texts(result.model, result.tokenizer, ITEMS)  # (4, 3)
+    assert scores.shape == (4, 3)
+    assert not torch.allclose(scores[:, 0], scores[:, 1]) and not torch.allclose(scores[:, 1], scores[:, 2])
+    mean, std = reward.ensemble_stats(scores)
+    assert mean.shape == std.shape == (4,) and torch.all(std > 0)
+    assert result.metrics["eval_ensemble_std"] > 0 and len(result.metrics["eval_head_accuracy"]) == 3
+    assert len(result.model.config.tether_reward["mean"]) == 3
+
+
+def test_lora_trains_adapters_and_head_only_and_saves_merged(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    model, _ = reward.load_reward_model(str(tiny_model_dir))
+    peft_model = reward.add_reward_lora(model, LoraSettings(r=4, alpha=8))
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n or ".score." in n for n in trainable)
+    assert any(".score." in n for n in trainable)  # the fresh head trains too
+
+    cfg = cfg_for(tiny_model_dir, tmp_path, lora=LoraSettings(r=4, alpha=8), epochs=1)
+    result = rm.train(cfg, colour_pairs(32), show_progress=False)
+    assert type(result.model).__name__ == "LlamaForSequenceClassification"  # merged, no peft wrapper
+    plain = AutoModelForSequenceClassification.from_pretrained(result.model_dir)
+    assert not any("lora" in k for k in plain.state_dict())
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    q_proj = plain.model.layers[0].self_attn.q_proj.weight
+    assert not torch.allclose(q_proj, base.model.layers[0].self_attn.q_proj.weight)  # the adapter was merged in
+    torch.testing.assert_close(plain.model.embed_tokens.weight, base.model.embed_tokens.weight)  # not adapted
+    torch.testing.assert_close(reward.score_texts(plain, result.tokenizer, ITEMS),
+                               reward.score_texts(result.model, result.tokenizer, ITEMS), atol=1e-5, rtol=1e-4)
+
+
+def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
+    pairs = colour_pairs(24)  # 20 train pairs -> 3 batches of 8 per epoch, 2 epochs = 6 steps
+    settings = dict(epochs=2, eval_fraction=0.2, checkpoint_every=3, log_every=1)
+    straight = rm.train(cfg_for(tiny_model_dir, tmp_path / "a", **settings), pairs, show_progress=False)
+    assert straight.steps == 6
+
+    cfg = cfg_for(tiny_model_dir, tmp_path / "b", **settings)
+    crashed = rm.train(dataclasses.replace(cfg, stop_after=4), pairs, show_progress=False)
+    assert not crashed.completed and crashed.steps == 4 and crashed.model_dir is None
+    state = json.loads((tmp_path / "b" / "rm" / "checkpoint" / "tether_state.json").read_text())
+    assert state["step"] == 3  # the last checkpoint; step 4 is lost with the crash
+
+    with pytest.raises(TetherError, match="other data or settings"):
+        rm.train(dataclasses.replace(cfg, lr=1e-2), pairs, resume=True, show_progress=False)
+    resumed = rm.train(cfg, pairs, resume=True, show_progress=False)
+    assert not (tmp_path / "b" / "rm" / "checkpoint").exists()  # a completed run drops its checkpoint
+    assert resumed.completed and resumed.steps == resumed.total_steps == 6
+    lines = [json.loads(x) for x in (tmp_path / "b" / "rm" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "loss" in x] == [1, 2, 3, 4, 5, 6]  # the lost step 4 is not doubled
+    assert all(math.isfinite(x["loss"]) for x in lines if "loss" in x)
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
+    assert resumed.metrics["eval_accuracy"] == pytest.approx(straight.metrics["eval_accuracy"])
+
+
+def test_ratings_add_a_regression_term(tiny_model_dir, tmp_path):
+    ratings = [rm.RatingExample(MSGS, f"{w} blue", True, 1.0) for w in FILLER[:4]] + \
+              [rm.RatingExample(MSGS, f"{w} red", True, -1.0) for w in FILLER[:4]]
+    cfg = cfg_for(tiny_model_dir, tmp_path, epochs=2, regression_weight=0.5, eval_fraction=0.0)
+    result = rm.train(cfg, colour_pairs(16), ratings=ratings, show_progress=False)
+    lines = [json.loads(x) for x in (result.out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(x["mse"]) for x in lines if "loss" in x)
+    assert result.metrics["train_pairs"] == 16 and "eval_accuracy" not in result.metrics
+
+
+def test_no_pairs_is_a_clear_error(tiny_model_dir, tmp_path):
+    with pytest.raises(TetherError, match="no preference pairs"):
+        rm.train(cfg_for(tiny_model_dir, tmp_path), [], show_progress=False)
+
+
+def test_bfloat16_autocast_runs(tiny_model_dir, tmp_path):
+    from accelerate.state import AcceleratorState
+
+    try:
+        cfg = cfg_for(tiny_model_dir, tmp_path, dtype="bfloat16", epochs=1, eval_fraction=0.0)
+        result = rm.train(cfg, colour_pairs(16), show_progress=False)
+    finally:  # leave no bf16 accelerator state behind for other tests in this process
+        AcceleratorState._reset_state(reset_partial_state=True)
+    lines = [json.loads(x) for x in (result.out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert result.steps == 2 and all(math.isfinite(x["loss"]) for x in lines if "loss" in x)
+    assert next(result.model.parameters()).dtype == torch.float32  # autocast only; weights stay fp32
