@@ -45,3 +45,24 @@ def test_refuses_without_samples(tmp_path):
 
     with pytest.raises(TetherError, match="run `tether sample` first"):
         simulate_feedback(Store(f"sqlite:///{tmp_path / 't.db'}"), SimulationConfig())
+
+
+def test_rm_trains_from_simulated_feedback_via_cli(tmp_path, tiny_model_dir):
+    """sample-like data -> `tether label --simulated` -> `tether rm`: a reward model folder and a run row."""
+    from typer.testing import CliRunner
+
+    from tether.cli import app
+    from tether.workspace import init_workspace
+
+    ws = init_workspace(tmp_path / "ws", policy=str(tiny_model_dir))
+    seed_samples(ws.store(), n_prompts=12)
+    runner = CliRunner()
+    r = runner.invoke(app, ["label", "--simulated", "--items", "60", "-w", str(ws.root)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["rm", "--epochs", "1", "--batch-size", "8", "--lr", "1e-3", "-w", str(ws.root)])
+    assert r.exit_code == 0, r.output
+    assert "held-out accuracy" in r.output and "flagged labeler" in r.output
+    assert (ws.root / "runs" / "rm-1" / "model" / "config.json").is_file()
+    with ws.store().session() as s:
+        run = s.scalar(select(S.Run).where(S.Run.stage == "rm"))
+        assert run.status == "done" and "eval_accuracy" in run.metrics

@@ -204,6 +204,58 @@ def label(simulated: bool = typer.Option(False, "--simulated", help="Use simulat
 
 @app.command()
 @user_errors
+def rm(model: Optional[str] = typer.Option(None, help="Start from this model (default: the workspace policy)."),
+       heads: int = typer.Option(1, help="Ensemble heads (each on its own bootstrap resample)."),
+       lora_r: Optional[int] = typer.Option(None, "--lora-r", help="Train LoRA adapters of this rank (and the head)."),
+       epochs: int = typer.Option(1), batch_size: int = typer.Option(8, "--batch-size"),
+       lr: Optional[float] = typer.Option(None, help="Default 1e-5 (full) or 1e-4 (LoRA)."),
+       max_length: int = typer.Option(512, "--max-length"),
+       labelers: str = typer.Option("downweight", help="Flagged labelers: downweight, exclude or keep."),
+       rounds: Optional[str] = typer.Option(None, help="Comma-separated rounds of feedback (default: all)."),
+       dtype: str = typer.Option("float32", help="float32 or bfloat16 (autocast)."),
+       resume: bool = typer.Option(False, help="Continue the latest rm run from its checkpoint."),
+       workspace: Path = WorkspaceOpt):
+    """Train a reward model on all stored feedback (every kind, as weighted pairs)."""
+    from tether.feedback.collect import collect_pairs, policy_samples, preference_examples
+    from tether.models import LoraSettings
+    from tether.recipes import rm as recipe
+    from tether.workspace import open_workspace
+
+    _quiet_transformers()
+    if labelers not in ("downweight", "exclude", "keep"):
+        raise TetherError(f"--labelers: expected downweight, exclude or keep, got {labelers!r}")
+    try:
+        round_list = [int(r) for r in rounds.split(",")] if rounds else None
+    except ValueError:
+        raise TetherError(f"--rounds: expected comma-separated whole numbers, got {rounds!r}") from None
+    ws = open_workspace(workspace)
+    store = ws.store()
+    collected = collect_pairs(store, round_list, labeler_policy=labelers)
+    for f in collected.flags:
+        console.print(Text(f"flagged labeler {collected.labelers.get(f.labeler, f.labeler)}: {f.reason} "
+                           f"({f.value:.2f} over {f.n})"))
+    console.print(Text(f"{len(collected.pairs)} pairs ({', '.join(f'{n} from {k}s' for k, n in collected.by_kind.items())}); "
+                       f"{collected.n_ties} ties and {collected.n_cant_tell} can't-tell carry no preference"))
+    runs = sorted((ws.root / "runs").glob("rm-*"), key=lambda p: int(p.name.split("-")[1]))
+    out = runs[-1] if resume and runs else ws.new_run_dir("rm")
+    cfg = recipe.RMConfig(model=model or ws.config.policy, num_heads=heads, epochs=epochs, batch_size=batch_size,
+                          lr=lr, max_length=max_length, dtype=dtype, threads=ws.config.threads or os.cpu_count(),
+                          lora=LoraSettings(r=lora_r, alpha=2 * lora_r) if lora_r else None, out_dir=str(out))
+    run_id = store.start_run("rm", ws.config.round, {k: str(v) for k, v in vars(cfg).items()}, str(out))
+    try:
+        res = recipe.train(cfg, preference_examples(store, collected), normalise_on=policy_samples(store, round_list),
+                           resume=resume)
+    except BaseException:
+        store.finish_run(run_id, "failed")
+        raise
+    store.finish_run(run_id, "done", res.metrics)
+    m = res.metrics
+    console.print(Text(f"held-out accuracy {m.get('eval_accuracy', float('nan')):.3f} on {m.get('eval_pairs', 0)} pairs, "
+                       f"ECE {m.get('eval_ece', float('nan')):.3f}; reward model: {res.model_dir}"))
+
+
+@app.command()
+@user_errors
 def status(workspace: Path = WorkspaceOpt):
     """What the workspace holds: rows per table, schema revision, settings."""
     from tether.workspace import open_workspace

@@ -109,3 +109,32 @@ def collect_pairs(store: Store, rounds: list[int] | None = None, kinds: tuple[st
     out.n_ties += res.n_ties
     add("thumb", res.pairs)
     return out
+
+
+def preference_examples(store: Store, collected: CollectedPairs):
+    """The pairs with their texts, ready for `tether.recipes.rm.train`."""
+    from tether.recipes.rm import PreferenceExample
+
+    ids = {p.chosen for p in collected.pairs} | {p.rejected for p in collected.pairs}
+    with store.session() as s:
+        rows = s.execute(select(S.Response.id, S.Response.text, S.Response.finished, S.Prompt.text,
+                                S.Prompt.messages).join(S.Prompt).where(S.Response.id.in_(ids))).all()
+    info = {r[0]: r for r in rows}
+    out = []
+    for p in collected.pairs:
+        _, chosen, c_fin, ptext, msgs = info[p.chosen]
+        _, rejected, r_fin, _, _ = info[p.rejected]
+        out.append(PreferenceExample(prompt=msgs if msgs is not None else ptext, chosen=chosen, rejected=rejected,
+                                     chosen_finished=c_fin, rejected_finished=r_fin, weight=p.weight, group=p.group))
+    return out
+
+
+def policy_samples(store: Store, rounds: list[int] | None = None, limit: int = 512) -> list[tuple]:
+    """(prompt, response, finished) of sampled responses, for reward normalisation (mean 0, std 1
+    over the policy's own samples)."""
+    with store.session() as s:
+        q = select(S.Prompt.messages, S.Prompt.text, S.Response.text, S.Response.finished).join(S.Prompt).where(
+            S.Response.source == "sample").order_by(S.Response.id).limit(limit)
+        if rounds is not None:
+            q = q.where(S.Response.round.in_(rounds))
+        return [(m if m is not None else t, r, f) for m, t, r, f in s.execute(q).all()]
