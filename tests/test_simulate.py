@@ -66,3 +66,19 @@ def test_rm_trains_from_simulated_feedback_via_cli(tmp_path, tiny_model_dir):
     with ws.store().session() as s:
         run = s.scalar(select(S.Run).where(S.Run.stage == "rm"))
         assert run.status == "done" and "eval_accuracy" in run.metrics
+    r = runner.invoke(app, ["score", "--out", str(tmp_path / "scores.jsonl"), "-w", str(ws.root)])
+    assert r.exit_code == 0, r.output
+    assert "48 responses scored" in r.output and "pairwise accuracy" in r.output
+    assert len((tmp_path / "scores.jsonl").read_text().splitlines()) == 48
+
+
+def test_gold_agreement_by_hand():
+    """Prompt 1: rewards (3, 1, 2) vs gold (0.9, 0.1, 0.5) order all 3 pairs alike -> 3/3; prompt 2:
+    rewards (0, 1) vs gold (0.8, 0.2) disagree -> 0/1; accuracy 3/4."""
+    from tether.eval.scoring import gold_agreement
+
+    rows = [dict(prompt_id=1, reward=3, gold=0.9), dict(prompt_id=1, reward=1, gold=0.1),
+            dict(prompt_id=1, reward=2, gold=0.5), dict(prompt_id=2, reward=0, gold=0.8),
+            dict(prompt_id=2, reward=1, gold=0.2)]
+    g = gold_agreement(rows)
+    assert (g["pairs"], g["accuracy"]) == (4, 0.75)

@@ -256,6 +256,51 @@ def rm(model: Optional[str] = typer.Option(None, help="Start from this model (de
 
 @app.command()
 @user_errors
+def score(model: Optional[Path] = typer.Option(None, help="Reward model folder (default: the latest runs/rm-*/model)."),
+          rounds: Optional[str] = typer.Option(None, help="Comma-separated rounds (default: all)."),
+          gold: bool = typer.Option(True, help="Also score with the gold scorer and report agreement."),
+          out: Optional[Path] = typer.Option(None, help="Write one JSON line per response here."),
+          workspace: Path = WorkspaceOpt):
+    """Score the stored samples with a reward model (normalised reward and ensemble spread)."""
+    import json
+
+    from tether.eval.scoring import gold_agreement, score_rows, stored_responses
+    from tether.reward import load_reward_model
+    from tether.workspace import open_workspace
+
+    _quiet_transformers()
+    ws = open_workspace(workspace)
+    if model is None:
+        found = sorted((ws.root / "runs").glob("rm-*/model"), key=lambda p: int(p.parent.name.split("-")[1]))
+        if not found:
+            raise TetherError("no reward model in this workspace: train one with `tether rm`, or pass --model")
+        model = found[-1]
+    try:
+        round_list = [int(r) for r in rounds.split(",")] if rounds else None
+    except ValueError:
+        raise TetherError(f"--rounds: expected comma-separated whole numbers, got {rounds!r}") from None
+    rows = stored_responses(ws.store(), round_list)
+    if not rows:
+        raise TetherError("no sampled responses to score: run `tether sample` first")
+    rm_model, tok = load_reward_model(str(model))
+    score_rows(rows, rm_model, tok)
+    rewards = [r["reward"] for r in rows]
+    console.print(Text(f"{len(rows)} responses scored by {model}: mean reward {sum(rewards) / len(rows):.3f}"))
+    if gold:
+        from tether.feedback.gold import gold_score
+
+        for r in rows:
+            r["gold"] = gold_score(r["prompt"], r["response"], r["finished"])
+        g = gold_agreement(rows)
+        console.print(Text(f"agreement with the gold scorer: pairwise accuracy {g['accuracy']:.3f} over {g['pairs']} "
+                           f"same-prompt pairs, Spearman {g['spearman']:.3f}"))
+    if out:
+        out.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "messages"}) + "\n" for r in rows))
+        console.print(Text(f"scores written to {out}"))
+
+
+@app.command()
+@user_errors
 def status(workspace: Path = WorkspaceOpt):
     """What the workspace holds: rows per table, schema revision, settings."""
     from tether.workspace import open_workspace
