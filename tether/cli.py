@@ -66,6 +66,14 @@ def init(directory: Path = typer.Argument(..., help="Folder for the new workspac
     console.print(Text(f"workspace ready: {ws.root} (database: {ws.config.database}, policy: {ws.config.policy})"))
 
 
+PLURAL = {"comparison": "comparisons", "ranking": "rankings", "rating": "ratings", "thumb": "thumbs",
+          "flaws": "flaw reports", "critique": "critiques"}
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {PLURAL.get(k, k)}" for k, n in counts.items())
+
+
 def _report_import(res, what: str) -> None:
     parts = [f"{res.rows} {what} read from {res.path}", f"{res.prompts_added} new prompts"]
     if res.prompts_existing:
@@ -122,7 +130,7 @@ def import_feedback(file: Path, workspace: Path = WorkspaceOpt):
     from tether.workspace import open_workspace
 
     counts = do(open_workspace(workspace).store(), file)
-    console.print(Text(f"stored from {file}: " + ", ".join(f"{n} {k}s" for k, n in counts.items())))
+    console.print(Text(f"stored from {file}: {_counts(counts)}"))
 
 
 @export_app.command("prefs")
@@ -199,7 +207,7 @@ def label(simulated: bool = typer.Option(False, "--simulated", help="Use simulat
     cfg = SimulationConfig(labelers=labelers, adversarial=adversarial, random=random_labelers, overlap=overlap,
                            items=items, seed=seed)
     counts = simulate_feedback(ws.store(), cfg, ws.config.round if round is None else round)
-    console.print(Text("stored: " + ", ".join(f"{n} {k}s" for k, n in counts.items())))
+    console.print(Text(f"stored: {_counts(counts)}"))
 
 
 @app.command()
@@ -322,7 +330,8 @@ def demo(directory: Path = typer.Option(Path("demo-workspace"), "--dir", help="W
          prompts: int = typer.Option(16, help="How many of the bundled prompts to use."),
          k: int = typer.Option(4, "--k"), max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
          fresh: bool = typer.Option(False, help="Delete the demo workspace first.")):
-    """The stages that exist so far, on the bundled model: init, import prompts, sample, export."""
+    """The stages that exist so far, on the bundled model: init, import prompts, sample, simulated
+    feedback. (Train a reward model on it next with `tether rm --lora-r 16 -w DIR`.)"""
     import json
     import shutil
     import tempfile
@@ -347,9 +356,21 @@ def demo(directory: Path = typer.Option(Path("demo-workspace"), "--dir", help="W
     console.rule(f"2. sample {k} responses per prompt from the bundled model")
     cfg = with_overrides(ws.config.sample, dict(k=k, max_new_tokens=max_new_tokens))
     out = recipe.run(ws, cfg)
-    console.print(Text(f"{out.responses_added} new responses, {out.tokens_per_s:.1f} tokens/s"))
+    console.print(Text(f"{out.responses_added} new responses, {out.tokens_per_s:.1f} tokens/s" if out.responses_added
+                       else f"already sampled: {out.prompts_complete} prompts have {k} responses"))
     store = ws.store()
-    console.rule("3. what the workspace holds")
+    console.rule("3. feedback from 20 simulated labelers (3 adversarial, 2 random)")
+    from tether.feedback.collect import collect_pairs
+    from tether.feedback.simulate import SimulationConfig, simulate_feedback
+
+    if store.counts()["tasks"] == 0:
+        console.print(Text(f"stored: {_counts(simulate_feedback(store, SimulationConfig(items=8 * prompts)))}"))
+    collected = collect_pairs(store)
+    for f in collected.flags:
+        console.print(Text(f"flagged labeler {collected.labelers[f.labeler]}: {f.reason} ({f.value:.2f} over {f.n})"))
+    console.print(Text(f"{len(collected.pairs)} weighted preference pairs for a reward model "
+                       f"({collected.n_ties} ties, {collected.n_cant_tell} can't-tell)"))
+    console.rule("4. what the workspace holds")
     counts = store.counts()
     console.print(Text(", ".join(f"{v} {k}" for k, v in counts.items() if v)))
     from sqlalchemy import select
@@ -361,7 +382,8 @@ def demo(directory: Path = typer.Option(Path("demo-workspace"), "--dir", help="W
     for p, r, fin in shown:
         console.print(Text("prompt: ", style="bold") + Text(p))
         console.print(Text("response: ", style="bold") + Text(r) + Text("" if fin else " [cut off]", style="dim"))
-    console.print(Text(f"demo workspace: {ws.root}  (next: `tether status -w {directory}`)"))
+    console.print(Text(f"demo workspace: {ws.root}  (next: `tether rm --lora-r 16 -w {directory}`, "
+                       f"then `tether score -w {directory}`)"))
 
 
 def main() -> None:

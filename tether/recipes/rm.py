@@ -425,5 +425,5 @@ def train(cfg: RMConfig, pairs: list[PreferenceExample], eval_pairs: list[Prefer
         writer.close()
         shutil.rmtree(ckpt, ignore_errors=True)  # the run is complete: out_dir/model replaces it
         if show_progress:
-            bar.console.print(f"reward model: {model_dir} (metrics: {out / 'metrics.json'})")
+            bar.console.print(f"reward model: {model_dir} (metrics: {out / 'metrics.json'})", markup=False, soft_wrap=True)
     return RMResult(model, tok, metrics, step, total_steps, out, model_dir, True)
