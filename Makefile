@@ -37,7 +37,9 @@ test: setup postgres
 	TETHER_TEST_PG_URL="$(PG_URL)" $(BIN)/python -m pytest -q
 
 bench: setup
+	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python bench/sample.py
+	$(BIN)/python bench/rm.py
 
 clean:
 	rm -rf $(VENV) demo-workspace *.egg-info
