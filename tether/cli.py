@@ -210,6 +210,19 @@ def label(simulated: bool = typer.Option(False, "--simulated", help="Use simulat
     console.print(Text(f"stored: {_counts(counts)}"))
 
 
+def _rounds(rounds: str | None) -> list[int] | None:
+    """'0,2' -> [0, 2]; None -> None (all rounds)."""
+    try:
+        return [int(r) for r in rounds.split(",")] if rounds else None
+    except ValueError:
+        raise TetherError(f"--rounds: expected comma-separated whole numbers, got {rounds!r}") from None
+
+
+def _rm_runs(root: Path) -> list[Path]:
+    """The workspace's runs/rm-N folders, oldest first."""
+    return sorted((root / "runs").glob("rm-*"), key=lambda p: int(p.name.split("-")[1]))
+
+
 @app.command()
 @user_errors
 def rm(model: Optional[str] = typer.Option(None, help="Start from this model (default: the workspace policy)."),
@@ -232,10 +245,7 @@ def rm(model: Optional[str] = typer.Option(None, help="Start from this model (de
     _quiet_transformers()
     if labelers not in ("downweight", "exclude", "keep"):
         raise TetherError(f"--labelers: expected downweight, exclude or keep, got {labelers!r}")
-    try:
-        round_list = [int(r) for r in rounds.split(",")] if rounds else None
-    except ValueError:
-        raise TetherError(f"--rounds: expected comma-separated whole numbers, got {rounds!r}") from None
+    round_list = _rounds(rounds)
     ws = open_workspace(workspace)
     store = ws.store()
     collected = collect_pairs(store, round_list, labeler_policy=labelers)
@@ -244,7 +254,7 @@ def rm(model: Optional[str] = typer.Option(None, help="Start from this model (de
                            f"({f.value:.2f} over {f.n})"))
     console.print(Text(f"{len(collected.pairs)} pairs ({', '.join(f'{n} from {k}s' for k, n in collected.by_kind.items())}); "
                        f"{collected.n_ties} ties and {collected.n_cant_tell} can't-tell carry no preference"))
-    runs = sorted((ws.root / "runs").glob("rm-*"), key=lambda p: int(p.name.split("-")[1]))
+    runs = _rm_runs(ws.root)
     out = runs[-1] if resume and runs else ws.new_run_dir("rm")
     cfg = recipe.RMConfig(model=model or ws.config.policy, num_heads=heads, epochs=epochs, batch_size=batch_size,
                           lr=lr, max_length=max_length, dtype=dtype, threads=ws.config.threads or os.cpu_count(),
@@ -279,15 +289,11 @@ def score(model: Optional[Path] = typer.Option(None, help="Reward model folder (
     _quiet_transformers()
     ws = open_workspace(workspace)
     if model is None:
-        found = sorted((ws.root / "runs").glob("rm-*/model"), key=lambda p: int(p.parent.name.split("-")[1]))
+        found = [p / "model" for p in _rm_runs(ws.root) if (p / "model" / "config.json").is_file()]
         if not found:
             raise TetherError("no reward model in this workspace: train one with `tether rm`, or pass --model")
         model = found[-1]
-    try:
-        round_list = [int(r) for r in rounds.split(",")] if rounds else None
-    except ValueError:
-        raise TetherError(f"--rounds: expected comma-separated whole numbers, got {rounds!r}") from None
-    rows = stored_responses(ws.store(), round_list)
+    rows = stored_responses(ws.store(), _rounds(rounds))
     if not rows:
         raise TetherError("no sampled responses to score: run `tether sample` first")
     rm_model, tok = load_reward_model(str(model))
