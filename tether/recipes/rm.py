@@ -67,6 +67,7 @@ class RMConfig:
     batch_size: int = 8  # pairs per micro-batch (chosen + rejected = 2x rows in one forward)
     grad_accum: int = 1  # micro-batches per optimizer step
     max_length: int = 512  # tokens per row; longer rows lose the left of the prompt
+    bucket: bool = True  # batch pairs of similar length together (less padding), batch order still random
     weight_decay: float = 0.0
     warmup: float = 0.05  # fraction of steps of linear warmup, then linear decay to 0
     seed: int = 0
@@ -138,13 +139,29 @@ def _units(groups: list[int | None]) -> list[list[int]]:
     return list(units.values())
 
 
-def batches_keeping_groups(groups: list[int | None], batch_size: int, rng: random.Random) -> list[list[int]]:
+def batches_keeping_groups(groups: list[int | None], batch_size: int, rng: random.Random,
+                           lengths: list[int] | None = None, window: int = 8) -> list[list[int]]:
     """One epoch of batches: shuffle the groups, then fill batches in order without splitting a group.
 
     A group that does not fit in the current batch starts the next one; a group larger than
-    `batch_size` becomes one oversized batch of its own (its pairs are never split)."""
+    `batch_size` becomes one oversized batch of its own (its pairs are never split). With `lengths`
+    (tokens per pair), the shuffled units are sorted by length within windows of `window` batches
+    before filling, and the batches are shuffled again: each batch holds pairs of similar length,
+    so less padding is computed, while the order of batches stays random."""
     units = _units(groups)
     rng.shuffle(units)
+    if lengths is not None:
+        def longest(unit: list[int]) -> int:
+            return max(lengths[i] for i in unit)
+
+        bucketed, chunk, count = [], [], 0
+        for unit in units:
+            chunk.append(unit)
+            count += len(unit)
+            if count >= window * batch_size:
+                bucketed += sorted(chunk, key=longest)
+                chunk, count = [], 0
+        units = bucketed + sorted(chunk, key=longest)
     batches, current = [], []
     for unit in units:
         if current and len(current) + len(unit) > batch_size:
@@ -153,6 +170,8 @@ def batches_keeping_groups(groups: list[int | None], batch_size: int, rng: rando
         current = current + unit
     if current:
         batches.append(current)
+    if lengths is not None:
+        rng.shuffle(batches)
     return batches
 
 
@@ -291,7 +310,9 @@ def train(cfg: RMConfig, pairs: list[PreferenceExample], eval_pairs: list[Prefer
     margins = torch.tensor([p.margin or 0.0 for p in pairs]) if cfg.use_margin else None  # (N,)
 
     rng = random.Random(cfg.seed)
-    plan = [b for _ in range(cfg.epochs) for b in batches_keeping_groups([p.group for p in pairs], cfg.batch_size, rng)]
+    lengths = [max(len(c), len(r)) for c, r in zip(chosen, rejected)] if cfg.bucket else None
+    plan = [b for _ in range(cfg.epochs)
+            for b in batches_keeping_groups([p.group for p in pairs], cfg.batch_size, rng, lengths)]
     plan += plan[:(-len(plan)) % world]  # every process gets the same number of micro-batches
     per_step = cfg.grad_accum * world
     total_steps = math.ceil(len(plan) / per_step)
