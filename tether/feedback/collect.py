@@ -132,9 +132,7 @@ def preference_examples(store: Store, collected: CollectedPairs):
 def policy_samples(store: Store, rounds: list[int] | None = None, limit: int = 512) -> list[tuple]:
     """(prompt, response, finished) of sampled responses, for reward normalisation (mean 0, std 1
     over the policy's own samples)."""
-    with store.session() as s:
-        q = select(S.Prompt.messages, S.Prompt.text, S.Response.text, S.Response.finished).join(S.Prompt).where(
-            S.Response.source == "sample").order_by(S.Response.id).limit(limit)
-        if rounds is not None:
-            q = q.where(S.Response.round.in_(rounds))
-        return [(m if m is not None else t, r, f) for m, t, r, f in s.execute(q).all()]
+    from tether.eval.scoring import stored_responses
+
+    rows = stored_responses(store, rounds)[:limit]
+    return [(r["messages"] if r["messages"] is not None else r["prompt"], r["response"], r["finished"]) for r in rows]
