@@ -16,7 +16,8 @@ from tether.data import schema as S
 from tether.data.store import Store
 
 
-def stored_responses(store: Store, rounds: list[int] | None = None, source: str | None = "sample") -> list[dict]:
+def stored_responses(store: Store, rounds: list[int] | None = None, source: str | None = "sample",
+                     limit: int | None = None) -> list[dict]:
     with store.session() as s:
         q = select(S.Response.id, S.Response.prompt_id, S.Prompt.text, S.Prompt.messages, S.Response.text,
                    S.Response.finished, S.Response.round, S.Response.policy).join(S.Prompt).order_by(S.Response.id)
@@ -24,6 +25,8 @@ def stored_responses(store: Store, rounds: list[int] | None = None, source: str 
             q = q.where(S.Response.round.in_(rounds))
         if source is not None:
             q = q.where(S.Response.source == source)
+        if limit is not None:
+            q = q.limit(limit)
         return [dict(response_id=i, prompt_id=p, prompt=pt, messages=m, response=t, finished=f, round=r, policy=pol)
                 for i, p, pt, m, t, f, r, pol in s.execute(q).all()]
 

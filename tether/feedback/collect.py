@@ -134,5 +134,5 @@ def policy_samples(store: Store, rounds: list[int] | None = None, limit: int = 5
     over the policy's own samples)."""
     from tether.eval.scoring import stored_responses
 
-    rows = stored_responses(store, rounds)[:limit]
+    rows = stored_responses(store, rounds, limit=limit)
     return [(r["messages"] if r["messages"] is not None else r["prompt"], r["response"], r["finished"]) for r in rows]
