@@ -6,16 +6,16 @@ Model outputs are untrusted text: they are printed as rich `Text`, never parsed 
 
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from tether.commands.common import (WorkspaceOpt, console, counts_text, latest_model, parse_rounds,
+                                    quiet_transformers, stage_runs, user_errors)
 from tether.errors import TetherError
 
 app = typer.Typer(help="tether: RLHF end to end, from human feedback to a better policy.",
@@ -25,33 +25,6 @@ import_app = typer.Typer(help="Load prompts, demonstrations or preference pairs 
 export_app = typer.Typer(help="Write workspace data out in TRL's formats.", no_args_is_help=True)
 app.add_typer(import_app, name="import")
 app.add_typer(export_app, name="export")
-
-console = Console(soft_wrap=True)  # long paths and messages stay on one line
-err_console = Console(stderr=True, soft_wrap=True)
-WorkspaceOpt = typer.Option(Path("."), "--workspace", "-w", envvar="TETHER_WORKSPACE",
-                            help="The workspace folder (made by `tether init`).")
-
-
-def user_errors(fn):
-    """Print a TetherError as one message and exit 1, instead of a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except TetherError as e:
-            err_console.print(Text("error: ", style="bold red") + Text(str(e)))
-            raise typer.Exit(1) from None
-
-    return wrapper
-
-
-def _quiet_transformers() -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
 
 @app.command()
 @user_errors
@@ -64,14 +37,6 @@ def init(directory: Path = typer.Argument(..., help="Folder for the new workspac
 
     ws = init_workspace(directory, database, policy)
     console.print(Text(f"workspace ready: {ws.root} (database: {ws.config.database}, policy: {ws.config.policy})"))
-
-
-PLURAL = {"comparison": "comparisons", "ranking": "rankings", "rating": "ratings", "thumb": "thumbs",
-          "flaws": "flaw reports", "critique": "critiques"}
-
-
-def _counts(counts: dict[str, int]) -> str:
-    return ", ".join(f"{n} {PLURAL.get(k, k)}" for k, n in counts.items())
 
 
 def _report_import(res, what: str) -> None:
@@ -130,7 +95,7 @@ def import_feedback(file: Path, workspace: Path = WorkspaceOpt):
     from tether.workspace import open_workspace
 
     counts = do(open_workspace(workspace).store(), file)
-    console.print(Text(f"stored from {file}: {_counts(counts)}"))
+    console.print(Text(f"stored from {file}: {counts_text(counts)}"))
 
 
 @export_app.command("prefs")
@@ -169,7 +134,7 @@ def sample(k: Optional[int] = typer.Option(None, "--k", help="Responses per prom
     from tether.recipes import sample as recipe
     from tether.workspace import open_workspace
 
-    _quiet_transformers()
+    quiet_transformers()
     ws = open_workspace(workspace)
     cfg = with_overrides(ws.config.sample, dict(k=k, temperature=temperature, top_p=top_p, seed=seed,
                                                 max_new_tokens=max_new_tokens, batch_size=batch_size, split=split))
@@ -207,20 +172,7 @@ def label(simulated: bool = typer.Option(False, "--simulated", help="Use simulat
     cfg = SimulationConfig(labelers=labelers, adversarial=adversarial, random=random_labelers, overlap=overlap,
                            items=items, seed=seed)
     counts = simulate_feedback(ws.store(), cfg, ws.config.round if round is None else round)
-    console.print(Text(f"stored: {_counts(counts)}"))
-
-
-def _rounds(rounds: str | None) -> list[int] | None:
-    """'0,2' -> [0, 2]; None -> None (all rounds)."""
-    try:
-        return [int(r) for r in rounds.split(",")] if rounds else None
-    except ValueError:
-        raise TetherError(f"--rounds: expected comma-separated whole numbers, got {rounds!r}") from None
-
-
-def _rm_runs(root: Path) -> list[Path]:
-    """The workspace's runs/rm-N folders, oldest first."""
-    return sorted((root / "runs").glob("rm-*"), key=lambda p: int(p.name.split("-")[1]))
+    console.print(Text(f"stored: {counts_text(counts)}"))
 
 
 @app.command()
@@ -242,10 +194,10 @@ def rm(model: Optional[str] = typer.Option(None, help="Start from this model (de
     from tether.recipes import rm as recipe
     from tether.workspace import open_workspace
 
-    _quiet_transformers()
+    quiet_transformers()
     if labelers not in ("downweight", "exclude", "keep"):
         raise TetherError(f"--labelers: expected downweight, exclude or keep, got {labelers!r}")
-    round_list = _rounds(rounds)
+    round_list = parse_rounds(rounds)
     ws = open_workspace(workspace)
     store = ws.store()
     collected = collect_pairs(store, round_list, labeler_policy=labelers)
@@ -254,7 +206,7 @@ def rm(model: Optional[str] = typer.Option(None, help="Start from this model (de
                            f"({f.value:.2f} over {f.n})"))
     console.print(Text(f"{len(collected.pairs)} pairs ({', '.join(f'{n} from {k}s' for k, n in collected.by_kind.items())}); "
                        f"{collected.n_ties} ties and {collected.n_cant_tell} can't-tell carry no preference"))
-    runs = _rm_runs(ws.root)
+    runs = stage_runs(ws.root, "rm")
     out = runs[-1] if resume and runs else ws.new_run_dir("rm")
     cfg = recipe.RMConfig(model=model or ws.config.policy, num_heads=heads, epochs=epochs, batch_size=batch_size,
                           lr=lr, max_length=max_length, dtype=dtype, threads=ws.config.threads or os.cpu_count(),
@@ -286,14 +238,13 @@ def score(model: Optional[Path] = typer.Option(None, help="Reward model folder (
     from tether.reward import load_reward_model
     from tether.workspace import open_workspace
 
-    _quiet_transformers()
+    quiet_transformers()
     ws = open_workspace(workspace)
     if model is None:
-        found = [p / "model" for p in _rm_runs(ws.root) if (p / "model" / "config.json").is_file()]
-        if not found:
+        model = latest_model(ws.root, "rm")
+        if model is None:
             raise TetherError("no reward model in this workspace: train one with `tether rm`, or pass --model")
-        model = found[-1]
-    rows = stored_responses(ws.store(), _rounds(rounds))
+    rows = stored_responses(ws.store(), parse_rounds(rounds))
     if not rows:
         raise TetherError("no sampled responses to score: run `tether sample` first")
     rm_model, tok = load_reward_model(str(model))
@@ -348,7 +299,7 @@ def demo(directory: Path = typer.Option(Path("demo-workspace"), "--dir", help="W
     from tether.recipes import sample as recipe
     from tether.workspace import init_workspace, open_workspace
 
-    _quiet_transformers()
+    quiet_transformers()
     if fresh and directory.exists():
         shutil.rmtree(directory)
     ws = open_workspace(directory) if (directory / "tether.yaml").exists() else init_workspace(directory)
@@ -370,7 +321,7 @@ def demo(directory: Path = typer.Option(Path("demo-workspace"), "--dir", help="W
     from tether.feedback.simulate import SimulationConfig, simulate_feedback
 
     if store.counts()["tasks"] == 0:
-        console.print(Text(f"stored: {_counts(simulate_feedback(store, SimulationConfig(items=8 * prompts)))}"))
+        console.print(Text(f"stored: {counts_text(simulate_feedback(store, SimulationConfig(items=8 * prompts)))}"))
     collected = collect_pairs(store)
     for f in collected.flags:
         console.print(Text(f"flagged labeler {collected.labelers[f.labeler]}: {f.reason} ({f.value:.2f} over {f.n})"))

@@ -1,0 +1,1 @@
+"""CLI commands, one module per stage group; `tether.cli` registers them on the app."""

@@ -1,0 +1,65 @@
+"""Pieces every command shares: consoles, the workspace option, error printing, small parsers."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from tether.errors import TetherError
+
+console = Console(soft_wrap=True)  # long paths and messages stay on one line
+err_console = Console(stderr=True, soft_wrap=True)
+WorkspaceOpt = typer.Option(Path("."), "--workspace", "-w", envvar="TETHER_WORKSPACE",
+                            help="The workspace folder (made by `tether init`).")
+
+
+def user_errors(fn):
+    """Print a TetherError as one message and exit 1, instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TetherError as e:
+            err_console.print(Text("error: ", style="bold red") + Text(str(e)))
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+PLURAL = {"comparison": "comparisons", "ranking": "rankings", "rating": "ratings", "thumb": "thumbs",
+          "flaws": "flaw reports", "critique": "critiques"}
+
+
+def counts_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {PLURAL.get(k, k)}" for k, n in counts.items())
+
+
+def parse_rounds(rounds: str | None) -> list[int] | None:
+    """'0,2' -> [0, 2]; None -> None (all rounds)."""
+    try:
+        return [int(r) for r in rounds.split(",")] if rounds else None
+    except ValueError:
+        raise TetherError(f"--rounds: expected comma-separated whole numbers, got {rounds!r}") from None
+
+
+def stage_runs(root: Path, stage: str) -> list[Path]:
+    """The workspace's runs/<stage>-N folders, oldest first."""
+    return sorted((root / "runs").glob(f"{stage}-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
+
+
+def latest_model(root: Path, stage: str) -> Path | None:
+    """runs/<stage>-N/model of the newest run that saved one, or None."""
+    found = [p / "model" for p in stage_runs(root, stage) if (p / "model" / "config.json").is_file()]
+    return found[-1] if found else None
