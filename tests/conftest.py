@@ -112,3 +112,27 @@ def workspace(tmp_path, tiny_model_dir):
     from tether.workspace import init_workspace
 
     return init_workspace(tmp_path / "ws", policy=str(tiny_model_dir))
+
+
+WORDS = ["<pad>", "<eos>", "<unk>", "red", "green", "blue", "yellow", "black", "white", "brown", "pink",
+         "cat", "dog", "sky", "sea", "tree", "say", "a", "the", "color", "is", "name", "please"]
+
+
+@pytest.fixture(scope="session")
+def word_model_dir(tmp_path_factory):
+    """A 2-layer Llama with random weights over a 23-word vocabulary (word-level tokenizer, no chat
+    template): small enough that a random policy says any given word often, so RL has signal."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      tie_word_embeddings=True, eos_token_id=1, pad_token_id=0, bos_token_id=None)
+    path = tmp_path_factory.mktemp("word-llama")
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

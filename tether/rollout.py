@@ -22,6 +22,7 @@ class Generation:
     num_tokens: int  # tokens generated, EOS included
     finished: bool  # ended with EOS (False: cut off at max_new_tokens)
     seed: int
+    stop_token: int | None = None  # the EOS token that ended it (None when cut off)
 
 
 def batch_seed(seed: int, batch_index: int) -> int:
@@ -74,5 +75,6 @@ def generate(model, tokenizer, prompts: list[tuple[object, list[int]]], *, tempe
             kept = toks if end is None else toks[:end]
             batch.append(Generation(key=prompts[i][0], text=tokenizer.decode(kept, skip_special_tokens=True),
                                     token_ids=kept, num_tokens=len(kept) + (end is not None),
-                                    finished=end is not None, seed=s))
+                                    finished=end is not None, seed=s,
+                                    stop_token=None if end is None else toks[end]))
         yield batch

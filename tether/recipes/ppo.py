@@ -1,0 +1,441 @@
+"""`tether ppo`: PPO against a reward model (or any Python function of the text) under a KL penalty.
+
+Reads top to bottom: setup (accelerator, policy with a value head, reference, reward, prompt stream),
+loop (sample a batch → score it → per-token rewards and GAE → PPO epochs over minibatches → KL
+controller), save (held-out evaluation, the policy as a plain HF folder, metrics).
+
+The method is Ziegler et al. 2019 / Ouyang et al. 2022 (InstructGPT, eq. 2) with the details of
+Huang et al. 2022 ("The N implementation details of RLHF with PPO"): the reward is the RM score on
+the last response token minus beta * k1 KL to the frozen reference on every token; gamma = 1;
+logits are divided by the sampling temperature; dropout is off (HF models load in eval mode and
+PPO never switches it on); advantages are whitened per batch; a response cut off without EOS loses
+`no_eos_penalty`; the RM's rewards are normalised (mean 0, std 1 on the SFT policy's samples, stored
+in the RM by `tether rm`). How this departs from InstructGPT:
+
+- The value function is a linear head on the policy's last hidden state (shared backbone),
+  initialised to zero and weighted by `vf_coef`, instead of a separate value model initialised from
+  the RM: one forward and backward per minibatch instead of two. (OpenAI's lm-human-preferences
+  used the same shared layout.)
+- Logits are computed only for the response positions (the prompt's are never needed), and
+  rollout forwards run in minibatches, so peak memory stays at one minibatch of (B, T, V) logits.
+- With LoRA, the reference is the same model with its adapters disabled: no second copy in memory.
+
+KL is reported as nats per sequence, summed over response tokens, from the *raw* logits (not divided
+by the temperature), averaged over the policy's own samples: `kl` (k1) and `kl_k3`.
+`batch_size` is per process; under `accelerate launch` each process samples its own batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from tether import models, reward, rollout
+from tether.algos.advantages import gae, kl_penalty_rewards, masked_mean, masked_var, masked_whiten
+from tether.algos.kl import AdaptiveKLController, FixedKLController, kl_k3
+from tether.algos.losses import entropy_from_logits, logprobs_from_logits, ppo_policy_loss, value_loss
+from tether.errors import TetherError
+from tether.recipes.common import MetricsLog, load_checkpoint_state, make_accelerator, save_checkpoint
+
+Prompt = str | list[dict]
+RewardFn = Callable[[list[Prompt], list[str], list[bool]], list[float]]  # (prompts, responses, finished)
+GoldFn = Callable[[str, str, bool], float]  # (prompt text, response, finished) -> score
+
+
+@dataclass
+class PPOConfig:
+    policy: str = models.BUNDLED  # the SFT model to start from; also the frozen reference
+    reward_model: str | None = None  # a reward model folder from `tether rm` (or pass reward_fn to train)
+    lora: models.LoraSettings | None = None  # train LoRA adapters; reference = adapters disabled
+    lr: float | None = None  # None: 1e-5 for full fine-tuning, 1e-4 with LoRA
+    updates: int = 20  # PPO iterations; each samples batch_size responses and trains on them
+    batch_size: int = 16  # prompts per update (one response each), per process
+    mini_batch_size: int = 8  # responses per optimizer step
+    ppo_epochs: int = 2  # passes over each batch of samples
+    max_new_tokens: int = 64
+    max_prompt_length: int = 256  # prompts longer than this (in tokens) are left out
+    temperature: float = 0.7  # sampling temperature; training logits are divided by it too
+    kl_coef: float = 0.05  # beta of the per-token KL penalty (initial value when adaptive)
+    kl_target: float | None = None  # nats per sequence; set it to adapt beta (Ziegler et al. 2019)
+    kl_horizon: float = 10_000.0  # adaptive controller horizon, in samples
+    gamma: float = 1.0
+    lam: float = 0.95  # GAE lambda
+    clip_eps: float = 0.2  # policy ratio clip
+    vf_clip: float = 0.2  # value clip
+    vf_coef: float = 0.1  # value loss weight
+    ent_coef: float = 0.0  # entropy bonus weight (entropy is always logged)
+    no_eos_penalty: float = 1.0  # subtracted from the score of a response cut off without EOS
+    whiten_rewards: bool = False  # whiten the per-token rewards (mean kept) before GAE
+    max_grad_norm: float = 1.0
+    anneal_lr: bool = True  # linear decay to 0 over the updates
+    rm_max_length: int = 512  # tokens of prompt‖response the reward model reads
+    seed: int = 0
+    dtype: str = "float32"  # or "bfloat16" (autocast; fast on GPUs, slow on most CPUs)
+    threads: int | None = None  # torch CPU threads (None: leave as is)
+    log_every: int = 1
+    eval_every: int | None = None  # updates between held-out evaluations (always at the end)
+    checkpoint_every: int | None = 5  # updates; None/0: no checkpoints
+    out_dir: str = "runs/ppo"
+    stop_after: int | None = None  # testing hook: return after this many updates as if killed
+
+
+@dataclass
+class PPOResult:
+    model: object  # the trained policy (LoRA merged when saved)
+    tokenizer: object
+    metrics: dict
+    updates: int
+    out_dir: Path
+    model_dir: Path | None  # None when stopped early (stop_after)
+    completed: bool
+
+
+@dataclass
+class Rollout:
+    """One batch of samples and everything PPO needs; P = prompt width, T = response width."""
+
+    prompts: list[Prompt]  # in sample order
+    texts: list[str]  # decoded responses (EOS not included)
+    finished: torch.Tensor  # (B,) bool: ended with EOS
+    input_ids: torch.Tensor  # (B, P + T) prompt (left-padded) ‖ response incl. EOS (right-padded)
+    attention_mask: torch.Tensor  # (B, P + T)
+    mask: torch.Tensor  # (B, T) bool: real response tokens
+    logprobs: torch.Tensor  # (B, T) policy, logits / temperature (PPO's "old" log-probs)
+    ref_logprobs: torch.Tensor  # (B, T) reference, logits / temperature
+    kl_raw: torch.Tensor  # (B, T) k1 from raw logits (reporting)
+    kl3_raw: torch.Tensor  # (B, T) k3 from raw logits (reporting)
+    values: torch.Tensor  # (B, T) V(s_t) before the update
+    scores: torch.Tensor  # (B,) reward of each response, no-EOS penalty applied
+    rm_scores: torch.Tensor  # (B,) reward before the penalty
+    rm_std: torch.Tensor  # (B,) ensemble spread (0 for one head or a function)
+
+    @property
+    def width(self) -> int:
+        return self.input_ids.shape[1] - self.mask.shape[1]
+
+
+class PolicyWithValue(torch.nn.Module):
+    """The policy and a scalar value head on its last hidden state, behind one forward, so DDP/FSDP
+    wrap the call that trains."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        d = model.config.get_text_config().hidden_size
+        self.value_head = torch.nn.Linear(d, 1)
+        torch.nn.init.zeros_(self.value_head.weight)  # Huang et al. 2022: value head starts at 0
+        torch.nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, input_ids, attention_mask, width: int):
+        logits, hidden = response_logits(self.model, input_ids, attention_mask, width)
+        return logits, self.value_head(hidden).squeeze(-1).float()  # (B, T, V), (B, T)
+
+
+def response_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, width: int):
+    """Logits (B, T, V) for the response tokens at columns width.. and the hidden states (B, T, D) that
+    predict them (column t - 1 predicts token t). The output layer runs on response positions only.
+    Position ids come from the attention mask, so left-padded prompts shift nothing."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft -> HF model
+    backbone = getattr(inner, inner.base_model_prefix)
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)  # (B, P + T)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                      use_cache=False).last_hidden_state  # (B, P + T, D)
+    hidden = hidden[:, width - 1:-1]  # (B, T, D)
+    return inner.get_output_embeddings()(hidden), hidden
+
+
+def pack(prompt_ids: list[list[int]], responses: list[list[int]], pad: int):
+    """(input_ids (B, P + T), attention_mask (B, P + T), mask (B, T)): prompts left-padded to P,
+    responses right-padded to T, so every response starts at column P."""
+    P, T = max(map(len, prompt_ids)), max(1, max(map(len, responses)))
+    input_ids = torch.full((len(prompt_ids), P + T), pad, dtype=torch.long)
+    attention = torch.zeros_like(input_ids)
+    mask = torch.zeros((len(prompt_ids), T), dtype=torch.bool)
+    for i, (p, r) in enumerate(zip(prompt_ids, responses)):
+        input_ids[i, P - len(p):P], attention[i, P - len(p):P] = torch.tensor(p), 1
+        input_ids[i, P:P + len(r)], attention[i, P:P + len(r)], mask[i, :len(r)] = torch.tensor(r, dtype=torch.long), 1, True
+    return input_ids, attention, mask
+
+
+def trim(ro: Rollout, idx: torch.Tensor):
+    """Rows `idx` of a rollout without the columns that are padding in every one of them:
+    (input_ids, attention_mask, width, t) where t = response columns kept."""
+    attn, mask = ro.attention_mask[idx], ro.mask[idx]
+    first = int(attn[:, :ro.width].any(0).long().argmax())  # first prompt column anyone uses
+    t = int(mask.any(0).nonzero().max()) + 1
+    return ro.input_ids[idx, first:ro.width + t], attn[:, first:ro.width + t], ro.width - first, t
+
+
+def prompt_order(n: int, batch: int, update: int, rank: int, world: int, seed: int) -> list[int]:
+    """Prompt indices for one update on one process: an endless stream of seeded permutations of the
+    n prompts (a fresh shuffle per pass), cut into batches; the same on a resumed run."""
+    start = (update * world + rank) * batch
+    out = []
+    for pos in range(start, start + batch):
+        epoch, i = divmod(pos, n)
+        out.append(random.Random(seed * 7919 + epoch).sample(range(n), n)[i])
+    return out
+
+
+def prompt_text(p: Prompt) -> str:
+    """The last user turn of a conversation, or the raw prompt (what a gold scorer reads)."""
+    if isinstance(p, str):
+        return p
+    return next((m["content"] for m in reversed(p) if m.get("role") == "user"), p[-1]["content"])
+
+
+def train(cfg: PPOConfig, prompts: list[Prompt], reward_fn: RewardFn | None = None,
+          eval_prompts: list[Prompt] | None = None, gold_fn: GoldFn | None = None,
+          resume: bool = False, show_progress: bool = True) -> PPOResult:
+    """Optimise the policy with PPO; the result lands in out_dir/model (metrics: metrics.json/.jsonl, tb/).
+
+    The reward is `cfg.reward_model` (a tether RM, normalised ensemble mean) or `reward_fn(prompts,
+    responses, finished) -> floats`. `gold_fn(prompt_text, response, finished)`, when given, is
+    logged beside the reward and never trained on. `resume`: continue from out_dir/checkpoint (same
+    prompts and settings, else a TetherError) and end at the same update count."""
+    from accelerate.utils import set_seed
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from transformers import get_linear_schedule_with_warmup
+
+    # --- setup ----------------------------------------------------------------------------------
+    if (reward_fn is None) == (cfg.reward_model is None):
+        raise TetherError("ppo: give exactly one reward: a reward model folder or a reward function")
+    if cfg.mini_batch_size > cfg.batch_size or cfg.batch_size % cfg.mini_batch_size:
+        raise TetherError(f"ppo: batch_size ({cfg.batch_size}) must be a multiple of mini_batch_size "
+                          f"({cfg.mini_batch_size})")
+    if cfg.temperature <= 0:
+        raise TetherError("ppo: temperature must be > 0 (PPO needs sampled responses)")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    t0 = time.perf_counter()
+    accelerator = make_accelerator(cfg.dtype, "ppo")
+    main, world, rank, device = (accelerator.is_main_process, accelerator.num_processes,
+                                 accelerator.process_index, accelerator.device)
+    out = Path(cfg.out_dir)
+    ckpt = out / "checkpoint"
+    set_seed(cfg.seed)
+    model, tok = models.load_policy(cfg.policy, lora=cfg.lora)
+    ref_model = None if cfg.lora else models.load_model(cfg.policy).to(device).requires_grad_(False)
+    rm = rm_tok = None
+    if cfg.reward_model is not None:
+        rm, rm_tok = reward.load_reward_model(cfg.reward_model)
+        rm = rm.to(device).requires_grad_(False)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    encoded = [models.encode_prompt(tok, p) for p in prompts]
+    keep = [i for i, ids in enumerate(encoded) if len(ids) <= cfg.max_prompt_length]
+    if not keep:
+        raise TetherError(f"ppo: no prompts of at most {cfg.max_prompt_length} tokens to train on")
+    prompts, encoded = [prompts[i] for i in keep], [encoded[i] for i in keep]
+    eval_prompts = [p for p in eval_prompts or [] if len(models.encode_prompt(tok, p)) <= cfg.max_prompt_length]
+
+    policy = PolicyWithValue(model)
+    lr = cfg.lr or (1e-4 if cfg.lora else 1e-5)
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=lr, eps=1e-5)
+    scheduler = get_linear_schedule_with_warmup(optimizer, 0, cfg.updates if cfg.anneal_lr else 10**12)
+    policy, optimizer = accelerator.prepare(policy, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target
+              else FixedKLController(cfg.kl_coef))
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items()
+                if k not in ("threads", "log_every", "eval_every", "checkpoint_every", "out_dir", "stop_after")}
+    fingerprint = hashlib.sha256(json.dumps([settings, encoded, world, getattr(reward_fn, "__name__", None)],
+                                            default=str).encode()).hexdigest()
+    update = 0
+    state = load_checkpoint_state(ckpt) if resume and main else None
+    if resume and world > 1:
+        state = accelerate_broadcast(state)
+    if state is not None:
+        if state["fingerprint"] != fingerprint:
+            raise TetherError(f"ppo: {ckpt} was written for other prompts or settings; remove it or run without --resume")
+        accelerator.load_state(str(ckpt))
+        kl_ctl.load_state_dict(state["kl_ctl"])
+        update = state["update"]
+    if main and update == 0:
+        shutil.rmtree(ckpt, ignore_errors=True)
+    metrics_log = MetricsLog(out, update, main)
+
+    def score(ps: list[Prompt], texts: list[str], finished: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reward (B,), ensemble spread (B,)) for the responses."""
+        if rm is not None:
+            with accelerator.autocast():
+                r = reward.score_texts(rm, rm_tok, list(zip(ps, texts, finished)), cfg.mini_batch_size,
+                                       cfg.rm_max_length)  # (B, H)
+            return reward.ensemble_stats(r)
+        values = list(reward_fn(ps, texts, finished))
+        if len(values) != len(texts) or not all(math.isfinite(float(v)) for v in values):
+            raise TetherError(f"ppo: the reward function must return {len(texts)} finite numbers, got {values[:4]}...")
+        return torch.tensor(values, dtype=torch.float32), torch.zeros(len(texts))
+
+    @torch.no_grad()
+    def collect(batch: list[Prompt], ids: list[list[int]], seed: int) -> Rollout:
+        """Sample one response per prompt, then one no-grad pass for log-probs, values and reference."""
+        inner = accelerator.unwrap_model(policy)
+        gens = next(rollout.generate(inner.model, tok, list(enumerate(ids)), temperature=cfg.temperature,
+                                     max_new_tokens=cfg.max_new_tokens, batch_size=len(ids), seed=seed))
+        order = [g.key for g in gens]  # generation sorts by prompt length
+        responses = [g.token_ids + ([g.stop_token] if g.finished else []) for g in gens]
+        input_ids, attention, mask = pack([ids[i] for i in order], responses, pad)
+        B, T = mask.shape
+        width = input_ids.shape[1] - T
+        labels = input_ids[:, width:]  # (B, T)
+        cols = {k: torch.zeros((B, T)) for k in ("lp", "ref", "raw", "ref_raw", "v")}
+        for s in range(0, B, cfg.mini_batch_size):
+            sl = slice(s, s + cfg.mini_batch_size)
+            x, a = input_ids[sl].to(device), attention[sl].to(device)
+            logits, values = policy(x, a, width)  # (b, T, V), (b, T)
+            with accelerator.autocast():
+                if ref_model is not None:
+                    ref_logits, _ = response_logits(ref_model, x, a, width)
+                else:
+                    with inner.model.disable_adapter():
+                        ref_logits, _ = response_logits(inner.model, x, a, width)
+            y = labels[sl].to(device)
+            cols["lp"][sl] = logprobs_from_logits(logits.float() / cfg.temperature, y).cpu()
+            cols["ref"][sl] = logprobs_from_logits(ref_logits.float() / cfg.temperature, y).cpu()
+            cols["raw"][sl] = logprobs_from_logits(logits.float(), y).cpu()
+            cols["ref_raw"][sl] = logprobs_from_logits(ref_logits.float(), y).cpu()
+            cols["v"][sl] = values.cpu()
+        texts, finished = [g.text for g in gens], [g.finished for g in gens]
+        ps = [batch[i] for i in order]
+        rm_scores, rm_std = score(ps, texts, finished)
+        fin = torch.tensor(finished)
+        scores = rm_scores - cfg.no_eos_penalty * (~fin).float()  # (B,)
+        kl_raw = torch.where(mask, cols["raw"] - cols["ref_raw"], 0.0)
+        kl3 = torch.where(mask, kl_k3(cols["raw"], cols["ref_raw"]), 0.0)
+        return Rollout(ps, texts, fin, input_ids, attention, mask, cols["lp"], cols["ref"], kl_raw, kl3,
+                       cols["v"], scores, rm_scores, rm_std)
+
+    def golds(ro: Rollout) -> list[float]:
+        return [gold_fn(prompt_text(p), t, bool(f)) for p, t, f in zip(ro.prompts, ro.texts, ro.finished)]
+
+    def evaluate() -> dict:
+        """Held-out prompts, one sample each at the training temperature: reward, gold, KL, length, EOS."""
+        if not eval_prompts:
+            return {}
+        ids = [models.encode_prompt(tok, p) for p in eval_prompts]
+        ros = [collect(eval_prompts[s:s + cfg.batch_size], ids[s:s + cfg.batch_size], cfg.seed + 1_000_003 + s)
+               for s in range(0, len(ids), cfg.batch_size)]
+        n = len(ids)
+        res = {"eval_reward": sum(float(r.rm_scores.sum()) for r in ros) / n,
+               "eval_kl": sum(float(r.kl_raw.sum()) for r in ros) / n,
+               "eval_length": sum(float(r.mask.sum()) for r in ros) / n,
+               "eval_eos": sum(float(r.finished.sum()) for r in ros) / n, "eval_prompts": n}
+        if gold_fn is not None:
+            res["eval_gold"] = sum(sum(golds(r)) for r in ros) / n
+        return res
+
+    # --- loop -----------------------------------------------------------------------------------
+    columns = [TextColumn("ppo"), BarColumn(), MofNCompleteColumn(), TextColumn("reward {task.fields[r]}"),
+               TextColumn("kl {task.fields[kl]}"), TimeElapsedColumn()]
+    mb_gen = torch.Generator().manual_seed(cfg.seed)
+    with Progress(*columns, disable=not (show_progress and main)) as bar:
+        task = bar.add_task("ppo", total=cfg.updates, completed=update, r="-", kl="-")
+        while update < cfg.updates:
+            t_update = time.perf_counter()
+            idx = prompt_order(len(prompts), cfg.batch_size, update, rank, world, cfg.seed)
+            ro = collect([prompts[i] for i in idx], [encoded[i] for i in idx],
+                         rollout.batch_seed(cfg.seed, update * world + rank))
+            t_sample = time.perf_counter() - t_update
+
+            # per-token rewards: -beta * k1 on every token, the score on the last (InstructGPT eq. 2)
+            rewards, kl = kl_penalty_rewards(ro.scores, ro.logprobs, ro.ref_logprobs, ro.mask, kl_ctl.value)  # (B, T)
+            if cfg.whiten_rewards:
+                rewards = masked_whiten(rewards, ro.mask, shift_mean=False)
+            advantages, returns = gae(rewards, ro.values, ro.mask, cfg.gamma, cfg.lam)  # (B, T), (B, T)
+            advantages = masked_whiten(advantages, ro.mask)  # (B, T)
+
+            stats: dict[str, list[float]] = {}
+            mb_gen.manual_seed(cfg.seed * 1_000_003 + update)  # minibatch order reproducible on resume
+            for _ in range(cfg.ppo_epochs):
+                for mb in torch.randperm(len(ro.texts), generator=mb_gen).split(cfg.mini_batch_size):
+                    x, a, width, t = trim(ro, mb)
+                    logits, values = policy(x.to(device), a.to(device), width)  # (b, t, V), (b, t)
+                    logits = logits.float() / cfg.temperature
+                    m = ro.mask[mb, :t].to(device)
+                    new_lp = logprobs_from_logits(logits, ro.input_ids[mb, ro.width:ro.width + t].to(device))
+                    pg, pg_stats = ppo_policy_loss(new_lp, ro.logprobs[mb, :t].to(device),
+                                                   advantages[mb, :t].to(device), m, cfg.clip_eps)
+                    vf, vf_stats = value_loss(values, ro.values[mb, :t].to(device), returns[mb, :t].to(device), m,
+                                              cfg.vf_clip)
+                    entropy = masked_mean(entropy_from_logits(logits if cfg.ent_coef else logits.detach()), m)
+                    loss = pg + cfg.vf_coef * vf - cfg.ent_coef * entropy
+                    accelerator.backward(loss)
+                    grad_norm = accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    for k, v in [("policy_loss", pg), ("value_loss", vf), ("entropy", entropy),
+                                 ("grad_norm", grad_norm)] + list(pg_stats.items()) + list(vf_stats.items()):
+                        stats.setdefault(k, []).append(float(v.detach()) if torch.is_tensor(v) else float(v))
+            lr_now = scheduler.get_last_lr()[0]
+            scheduler.step()
+            seq_kl = ro.kl_raw.sum(-1)  # (B,) nats per sequence, raw logits
+            kl_coef = kl_ctl.value
+            kl_ctl.update(float(torch.where(ro.mask, kl, 0.0).sum(-1).mean()), len(ro.texts) * world)
+            update += 1
+            if not all(math.isfinite(v) for v in stats["policy_loss"] + stats["value_loss"]):
+                raise TetherError(f"ppo: the loss became non-finite at update {update}; try a lower lr or float32")
+
+            record = {"step": update, "reward": float(ro.rm_scores.mean()), "reward_std": float(ro.rm_scores.std()),
+                      "score": float(ro.scores.mean()), "kl": float(seq_kl.mean()), "kl_k3": float(ro.kl3_raw.sum(-1).mean()),
+                      "kl_coef": kl_coef, "non_score_reward": float(-kl_coef * torch.where(ro.mask, kl, 0.0).sum(-1).mean()),
+                      "length": float(ro.mask.sum(-1).float().mean()), "eos": float(ro.finished.float().mean()),
+                      "explained_variance": float(1 - masked_var(returns - ro.values, ro.mask)
+                                                  / masked_var(returns, ro.mask).clamp_min(1e-8)),
+                      "lr": lr_now, "sample_seconds": t_sample, "seconds": time.perf_counter() - t0,
+                      "samples_per_s": len(ro.texts) * world / (time.perf_counter() - t_update)}
+            record |= {k: sum(v) / len(v) for k, v in stats.items()}
+            if rm is not None and rm.config.num_labels > 1:
+                record["reward_uncertainty"] = float(ro.rm_std.mean())
+            if gold_fn is not None:
+                record["gold"] = sum(golds(ro)) / len(ro.texts)
+            if update % cfg.log_every == 0 or update == cfg.updates:
+                metrics_log.log(record)
+            bar.update(task, completed=update, r=f"{record['reward']:.3f}", kl=f"{record['kl']:.2f}")
+            if cfg.eval_every and update % cfg.eval_every == 0 and update < cfg.updates:
+                metrics_log.log({"step": update} | evaluate())
+            if cfg.checkpoint_every and update % cfg.checkpoint_every == 0 and update < cfg.updates:
+                save_checkpoint(accelerator, ckpt, {"update": update, "fingerprint": fingerprint,
+                                                    "kl_ctl": kl_ctl.state_dict()})
+            if cfg.stop_after and update >= cfg.stop_after and update < cfg.updates:  # simulated crash
+                metrics_log.close()
+                return PPOResult(accelerator.unwrap_model(policy).model, tok, {}, update, out, None, False)
+
+    # --- save -----------------------------------------------------------------------------------
+    metrics = evaluate()
+    inner = accelerator.unwrap_model(policy).model
+    model_dir = out / "model"
+    if main:
+        models.save_model(inner, tok, model_dir)
+    accelerator.wait_for_everyone()
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1]) if main else {}
+    metrics |= {"updates": update, "seconds": time.perf_counter() - t0, "config": dataclasses.asdict(cfg),
+                "last": last, "prompts": len(prompts)}
+    if main:
+        if eval_prompts:
+            metrics_log.log({"step": update} | {k: v for k, v in metrics.items() if k.startswith("eval_")})
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+        shutil.rmtree(ckpt, ignore_errors=True)  # the run is complete: out_dir/model replaces it
+        if show_progress:
+            bar.console.print(f"policy: {model_dir} (metrics: {out / 'metrics.json'})", markup=False, soft_wrap=True)
+    metrics_log.close()
+    return PPOResult(inner, tok, metrics, update, out, model_dir, True)
+
+
+def accelerate_broadcast(obj):
+    """Send the main process's Python object to every process."""
+    from accelerate.utils import broadcast_object_list
+
+    box = [obj]
+    broadcast_object_list(box)
+    return box[0]
