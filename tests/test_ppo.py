@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from tether.errors import TetherError
-from tether.recipes.ppo import PPOConfig, pack, prompt_order, response_logits, train
+from tether.recipes.ppo import PPOConfig, prompt_order, train
+from tether.rollout import pack, response_logits
 
 PROMPTS = ["say a color", "the sky is", "name a color please", "the sea is", "a cat is", "the tree is",
            "say the name", "a dog is"]
@@ -130,3 +131,57 @@ def test_bad_settings_are_refused(word_model_dir, tmp_path):
     with pytest.raises(TetherError, match="finite numbers"):
         train(_cfg(word_model_dir, tmp_path / "x", updates=1), PROMPTS, reward_fn=lambda p, r, f: [1.0],
               show_progress=False)
+
+
+def test_cli_ppo_killed_with_sigkill_resumes_to_the_same_update_count(word_model_dir, tmp_path):
+    """`tether ppo` as a user runs it: kill -9 mid-run, then --resume finishes all updates once each."""
+    from tether.data.io import import_prompts
+    from tether.workspace import init_workspace
+
+    ws = init_workspace(tmp_path / "ws", policy=str(word_model_dir))
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    import_prompts(ws.store(), tmp_path / "prompts.txt", "train")
+    (tmp_path / "blue.py").write_text(textwrap.dedent("""
+        import time
+
+        def reward(prompts, responses, finished):
+            time.sleep(0.4)  # slow enough to be killed mid-run
+            return [float("blue" in r.split()) for r in responses]
+    """))
+    cmd = [sys.executable, "-m", "tether", "ppo", "--reward-fn", f"{tmp_path / 'blue.py'}:reward", "--updates", "8",
+           "--batch-size", "8", "--mini-batch-size", "4", "--max-new-tokens", "5", "--lr", "1e-3",
+           "--checkpoint-every", "2", "--no-gold", "-w", str(ws.root)]
+    env = os.environ | {"TETHER_WORKSPACE": ""}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    state = ws.root / "runs" / "ppo-1" / "checkpoint" / "tether_state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if state.is_file() and json.loads(state.read_text())["update"] >= 4:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[0].decode()[-2000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (ws.root / "runs" / "ppo-1" / "model").exists()
+    done = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "8 updates" in done.stdout and "ppo-1/model" in done.stdout
+    steps = [json.loads(x)["step"] for x in (ws.root / "runs" / "ppo-1" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))
+    assert json.loads((ws.root / "runs" / "ppo-1" / "metrics.json").read_text())["updates"] == 8
+    assert not (ws.root / "runs" / "ppo-2").exists()
+
+
+def test_cli_ppo_needs_a_reward(word_model_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from tether.cli import app
+    from tether.workspace import init_workspace
+
+    ws = init_workspace(tmp_path / "ws", policy=str(word_model_dir))
+    res = CliRunner().invoke(app, ["ppo", "-w", str(ws.root)])
+    assert res.exit_code == 1 and "no reward model in this workspace" in res.output
+    res = CliRunner().invoke(app, ["ppo", "--reward-fn", "nowhere.py:f", "-w", str(ws.root)])
+    assert res.exit_code == 1 and "no such file nowhere.py" in res.output
+    res = CliRunner().invoke(app, ["ppo", "--reward-fn", "tests.test_ppo:says_blue", "-w", str(ws.root)])
+    assert res.exit_code == 1 and "no prompts in split 'train'" in res.output

@@ -343,6 +343,11 @@ def demo(directory: Path = typer.Option(Path("demo-workspace"), "--dir", help="W
                        f"then `tether score -w {directory}`)"))
 
 
+from tether.commands.ppo import ppo  # noqa: E402
+
+app.command()(ppo)
+
+
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app()

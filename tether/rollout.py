@@ -1,4 +1,5 @@
-"""Batched generation with the KV cache and left padding (HF `generate`; a vLLM backend comes later).
+"""Batched generation with the KV cache and left padding (HF `generate`; a vLLM backend comes later),
+and the packed prompt‖response layout that RL recipes and evaluation score token by token.
 
 Sequences are sorted by prompt length so a batch pads little; each batch is seeded so a run can be
 reproduced. A response that hits `max_new_tokens` without EOS is marked unfinished, and its text is
@@ -78,3 +79,29 @@ def generate(model, tokenizer, prompts: list[tuple[object, list[int]]], *, tempe
                                     finished=end is not None, seed=s,
                                     stop_token=None if end is None else toks[end]))
         yield batch
+
+
+def response_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, width: int):
+    """Logits (B, T, V) for the response tokens at columns width.. and the hidden states (B, T, D) that
+    predict them (column t - 1 predicts token t). The output layer runs on response positions only.
+    Position ids come from the attention mask, so left-padded prompts shift nothing."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft -> HF model
+    backbone = getattr(inner, inner.base_model_prefix)
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)  # (B, P + T)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                      use_cache=False).last_hidden_state  # (B, P + T, D)
+    hidden = hidden[:, width - 1:-1]  # (B, T, D)
+    return inner.get_output_embeddings()(hidden), hidden
+
+
+def pack(prompt_ids: list[list[int]], responses: list[list[int]], pad: int):
+    """(input_ids (B, P + T), attention_mask (B, P + T), mask (B, T)): prompts left-padded to P,
+    responses right-padded to T, so every response starts at column P."""
+    P, T = max(map(len, prompt_ids)), max(1, max(map(len, responses)))
+    input_ids = torch.full((len(prompt_ids), P + T), pad, dtype=torch.long)
+    attention = torch.zeros_like(input_ids)
+    mask = torch.zeros((len(prompt_ids), T), dtype=torch.bool)
+    for i, (p, r) in enumerate(zip(prompt_ids, responses)):
+        input_ids[i, P - len(p):P], attention[i, P - len(p):P] = torch.tensor(p), 1
+        input_ids[i, P:P + len(r)], attention[i, P:P + len(r)], mask[i, :len(r)] = torch.tensor(r, dtype=torch.long), 1, True
+    return input_ids, attention, mask

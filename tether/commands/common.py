@@ -63,3 +63,29 @@ def latest_model(root: Path, stage: str) -> Path | None:
     """runs/<stage>-N/model of the newest run that saved one, or None."""
     found = [p / "model" for p in stage_runs(root, stage) if (p / "model" / "config.json").is_file()]
     return found[-1] if found else None
+
+
+def load_function(spec: str, option: str):
+    """`package.module:name` or `path/to/file.py:name` -> the Python object it names."""
+    import importlib
+    import importlib.util
+
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise TetherError(f"{option}: expected MODULE:FUNCTION or FILE.py:FUNCTION, got {spec!r}")
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            if not path.is_file():
+                raise TetherError(f"{option}: no such file {path}")
+            loader_spec = importlib.util.spec_from_file_location(f"tether_user_{path.stem}", path)
+            module = importlib.util.module_from_spec(loader_spec)
+            loader_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise TetherError(f"{option}: cannot import {module_name}: {e}") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise TetherError(f"{option}: {module_name} has no function {attr!r}")
+    return fn

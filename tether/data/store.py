@@ -143,6 +143,15 @@ class Store:
         s.flush()
         return p, True
 
+    def prompts(self, split: str | None = "train") -> list[str | list[dict]]:
+        """Stored prompts of a split (None: all), oldest first, as the models read them: the
+        conversation (list of {role, content}) when there is one, else the raw text."""
+        with self.session() as s:
+            q = select(S.Prompt.text, S.Prompt.messages).order_by(S.Prompt.id)
+            if split is not None:
+                q = q.where(S.Prompt.split == split)
+            return [m if m is not None else t for t, m in s.execute(q).all()]
+
     def counts(self) -> dict[str, int]:
         """Rows per table, for `tether status` and tests."""
         tables = [S.Prompt, S.Response, S.Labeler, S.Comparison, S.Ranking, S.Rating, S.Thumb, S.FlawReport,
