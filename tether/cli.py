@@ -343,9 +343,11 @@ def demo(directory: Path = typer.Option(Path("demo-workspace"), "--dir", help="W
                        f"then `tether score -w {directory}`)"))
 
 
+from tether.commands.evaluate import evaluate  # noqa: E402
 from tether.commands.ppo import ppo  # noqa: E402
 
 app.command()(ppo)
+app.command("eval")(evaluate)
 
 
 def main() -> None:

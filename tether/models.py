@@ -191,3 +191,10 @@ def encode_prompt(tokenizer, prompt: str | list[dict]) -> list[int]:
     if wants_bos and ids[:1] != [bos]:
         ids = [bos] + ids
     return ids
+
+
+def prompt_text(p: str | list[dict]) -> str:
+    """The last user turn of a conversation, or the raw prompt (what a gold scorer reads)."""
+    if isinstance(p, str):
+        return p
+    return next((m["content"] for m in reversed(p) if m.get("role") == "user"), p[-1]["content"])

@@ -41,6 +41,7 @@ from typing import Callable
 import torch
 
 from tether import models, reward, rollout
+from tether.models import prompt_text
 from tether.rollout import pack, response_logits
 from tether.algos.advantages import gae, kl_penalty_rewards, masked_mean, masked_var, masked_whiten
 from tether.algos.kl import AdaptiveKLController, FixedKLController, kl_k3
@@ -160,13 +161,6 @@ def prompt_order(n: int, batch: int, update: int, rank: int, world: int, seed: i
         epoch, i = divmod(pos, n)
         out.append(random.Random(seed * 7919 + epoch).sample(range(n), n)[i])
     return out
-
-
-def prompt_text(p: Prompt) -> str:
-    """The last user turn of a conversation, or the raw prompt (what a gold scorer reads)."""
-    if isinstance(p, str):
-        return p
-    return next((m["content"] for m in reversed(p) if m.get("role") == "user"), p[-1]["content"])
 
 
 def train(cfg: PPOConfig, prompts: list[Prompt], reward_fn: RewardFn | None = None,
