@@ -275,6 +275,28 @@ def test_lora_trains_adapters_and_head_only_and_saves_merged(tiny_model_dir, tmp
                                reward.score_texts(result.model, result.tokenizer, ITEMS), atol=1e-5, rtol=1e-4)
 
 
+def test_train_layers_trains_the_top_layers_and_head_only(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    model, _ = reward.load_reward_model(str(tiny_model_dir))
+    reward.freeze_below(model, 1)
+    trainable = {n.split(".")[0] + "." + n.split(".")[1] if n.startswith("model.") else n.split(".")[0]
+                 for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"model.layers", "model.norm", "score"}
+    assert all(p.requires_grad == (n.startswith(("model.layers.1.", "model.norm", "score")))
+               for n, p in model.named_parameters())
+    with pytest.raises(TetherError, match="between 1 and"):
+        reward.freeze_below(model, 3)
+    result = rm.train(cfg_for(tiny_model_dir, tmp_path, train_layers=1, epochs=1), colour_pairs(32),
+                      show_progress=False)
+    start = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
+    done = result.model.state_dict()
+    for name, value in start.state_dict().items():
+        if name.startswith("model.layers.0.") or name.startswith("model.embed"):
+            torch.testing.assert_close(done[name], value)  # frozen
+    assert not torch.allclose(done["model.layers.1.mlp.up_proj.weight"], start.state_dict()["model.layers.1.mlp.up_proj.weight"])
+
+
 def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
     pairs = colour_pairs(24)  # 20 train pairs -> 3 batches of 8 per epoch, 2 epochs = 6 steps
     settings = dict(epochs=2, eval_fraction=0.2, checkpoint_every=3, log_every=1)

@@ -180,6 +180,8 @@ def label(simulated: bool = typer.Option(False, "--simulated", help="Use simulat
 def rm(model: Optional[str] = typer.Option(None, help="Start from this model (default: the workspace policy)."),
        heads: int = typer.Option(1, help="Ensemble heads (each on its own bootstrap resample)."),
        lora_r: Optional[int] = typer.Option(None, "--lora-r", help="Train LoRA adapters of this rank (and the head)."),
+       train_layers: Optional[int] = typer.Option(None, "--train-layers", help="Train only the top N layers "
+                                                  "(and the head): much cheaper on a CPU."),
        epochs: int = typer.Option(1), batch_size: int = typer.Option(8, "--batch-size"),
        lr: Optional[float] = typer.Option(None, help="Default 1e-5 (full) or 1e-4 (LoRA)."),
        max_length: int = typer.Option(512, "--max-length"),
@@ -210,7 +212,8 @@ def rm(model: Optional[str] = typer.Option(None, help="Start from this model (de
     out = runs[-1] if resume and runs else ws.new_run_dir("rm")
     cfg = recipe.RMConfig(model=model or ws.config.policy, num_heads=heads, epochs=epochs, batch_size=batch_size,
                           lr=lr, max_length=max_length, dtype=dtype, threads=ws.config.threads or os.cpu_count(),
-                          lora=LoraSettings(r=lora_r, alpha=2 * lora_r) if lora_r else None, out_dir=str(out))
+                          lora=LoraSettings(r=lora_r, alpha=2 * lora_r) if lora_r else None, train_layers=train_layers,
+                          out_dir=str(out))
     run_id = store.start_run("rm", ws.config.round, {k: str(v) for k, v in vars(cfg).items()}, str(out))
     try:
         res = recipe.train(cfg, preference_examples(store, collected), normalise_on=policy_samples(store, round_list),

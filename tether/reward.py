@@ -94,6 +94,23 @@ def add_reward_lora(model, settings: models.LoraSettings | None = None):
     return get_peft_model(model, cfg)
 
 
+def freeze_below(model, train_layers: int) -> None:
+    """Freeze everything but the top `train_layers` transformer layers, the final norm and the head.
+
+    The backward pass then stops at the lowest trained layer, and the frozen layers keep no
+    activations for it: a cheap reward model on a CPU (Ouyang et al. 2022 train all layers; with few
+    comparisons the top layers carry most of what a reward model learns)."""
+    backbone = getattr(model, model.base_model_prefix)
+    layers = getattr(backbone, "layers", None)
+    if layers is None or not 1 <= train_layers <= len(layers):
+        have = "no `layers` list" if layers is None else f"{len(layers)} layers"
+        raise TetherError(f"train_layers must be between 1 and the model's layer count ({have}), got {train_layers}")
+    model.requires_grad_(False)
+    for module in list(layers[len(layers) - train_layers:]) + [getattr(backbone, "norm", None), _head(model)]:
+        if module is not None:
+            module.requires_grad_(True)
+
+
 def encode_pair_text(tokenizer, prompt: Prompt, response: str, finished: bool = True,
                      max_length: int | None = None) -> list[int]:
     """Token ids of query‖response as the reward model reads them.

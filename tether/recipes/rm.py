@@ -62,6 +62,7 @@ class RMConfig:
     model: str = BUNDLED  # policy/SFT model to start from (fresh head), or a saved reward model
     num_heads: int = 1  # ensemble size; > 1: each head trains on its own bootstrap resample
     lora: LoraSettings | None = None  # LoRA adapters (+ the head) instead of full fine-tuning
+    train_layers: int | None = None  # train only the top N transformer layers (+ final norm, head); no backward below
     lr: float | None = None  # None: 1e-5 full fine-tuning (InstructGPT used 9e-6), 1e-4 with LoRA
     epochs: int = 1  # InstructGPT: one epoch; more overfits
     batch_size: int = 8  # pairs per micro-batch (chosen + rejected = 2x rows in one forward)
@@ -293,8 +294,12 @@ def train(cfg: RMConfig, pairs: list[PreferenceExample], eval_pairs: list[Prefer
     set_seed(cfg.seed)
     model, tok = reward.load_reward_model(cfg.model, num_heads=heads)
     lr = cfg.lr or (1e-4 if cfg.lora else 1e-5)
+    if cfg.lora is not None and cfg.train_layers is not None:
+        raise TetherError("rm: choose LoRA or train_layers, not both")
     if cfg.lora is not None:
         model = reward.add_reward_lora(model, cfg.lora)
+    if cfg.train_layers is not None:
+        reward.freeze_below(model, cfg.train_layers)
     if eval_pairs is None:
         pairs, eval_pairs = split_eval(pairs, cfg.eval_fraction, cfg.seed) if cfg.eval_fraction > 0 else (pairs, [])
 
