@@ -307,10 +307,11 @@ def demo(directory: Path = typer.Option(Path("demo-workspace"), "--dir", help="W
         shutil.rmtree(directory)
     ws = open_workspace(directory) if (directory / "tether.yaml").exists() else init_workspace(directory)
     console.rule("1. prompts")
-    rows = (files("tether") / "assets" / "prompts.jsonl").read_text().splitlines()[:prompts]
+    rows = [json.loads(r) for r in (files("tether") / "assets" / "prompts.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if r["split"] == "train"][:prompts]  # held-out prompts stay out of training
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "demo-prompts.jsonl"
-        path.write_text("\n".join(json.dumps({"prompt": json.loads(r)["prompt"]}) for r in rows) + "\n")
+        path.write_text("\n".join(json.dumps({"prompt": r["prompt"]}) for r in rows) + "\n")
         res = do_import(ws.store(), path, "train")
     console.print(Text(f"{res.rows} prompts ({res.prompts_added} new) in {ws.database_url}"))
     console.rule(f"2. sample {k} responses per prompt from the bundled model")
