@@ -24,6 +24,10 @@ class Generation:
     finished: bool  # ended with EOS (False: cut off at max_new_tokens)
     seed: int
     stop_token: int | None = None  # the EOS token that ended it (None when cut off)
+    # with_states=True only: per generated token, EOS included (n = num_tokens)
+    logprobs: torch.Tensor | None = None  # (n,) log-prob under logits / temperature (the sampling distribution)
+    logprobs_raw: torch.Tensor | None = None  # (n,) log-prob under the raw logits
+    hidden: torch.Tensor | None = None  # (n, D) final hidden state that predicted each token
 
 
 def batch_seed(seed: int, batch_index: int) -> int:
@@ -41,12 +45,17 @@ def eos_ids(model, tokenizer) -> set[int]:
 @torch.inference_mode()
 def generate(model, tokenizer, prompts: list[tuple[object, list[int]]], *, temperature: float = 0.7,
              top_p: float = 1.0, max_new_tokens: int = 96, batch_size: int = 16,
-             seed: int = 0) -> Iterator[list[Generation]]:
+             seed: int = 0, with_states: bool = False) -> Iterator[list[Generation]]:
     """Generate one response per (key, prompt token ids), yielding a list per batch.
 
     Repeat a prompt K times in `prompts` for K samples. Yielding per batch lets the caller store
-    results as they come, so an interrupted run keeps what it finished.
+    results as they come, so an interrupted run keeps what it finished. `with_states=True` also
+    returns each token's log-probs and the final hidden state that predicted it, read off the
+    KV-cached decoding itself, so an RL recipe needs no second policy forward pass for them
+    (top_p must be 1 then: the log-probs are those of softmax(logits / temperature)).
     """
+    if with_states and (top_p < 1.0 or temperature <= 0):
+        raise ValueError("with_states needs plain sampling: temperature > 0 and top_p = 1")
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stop = eos_ids(model, tokenizer)
@@ -67,17 +76,30 @@ def generate(model, tokenizer, prompts: list[tuple[object, list[int]]], *, tempe
         s = batch_seed(seed, b)
         torch.manual_seed(s)
         out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                             generation_config=gen_cfg)
-        new = out[:, width:].tolist()  # (B, <= max_new_tokens)
+                             generation_config=gen_cfg, return_dict_in_generate=with_states,
+                             output_logits=with_states, output_hidden_states=with_states)
+        seqs = out.sequences if with_states else out
+        new = seqs[:, width:].tolist()  # (B, <= max_new_tokens)
+        if with_states:
+            steps = seqs.shape[1] - width
+            z = torch.stack(out.logits[:steps], 1).float()  # (B, S, V) raw logits of each step
+            y = seqs[:, width:].unsqueeze(-1)  # (B, S, 1)
+            lp_t = (z / temperature).log_softmax(-1).gather(-1, y).squeeze(-1).cpu()  # (B, S)
+            lp_raw = z.log_softmax(-1).gather(-1, y).squeeze(-1).cpu()  # (B, S)
+            del z
+            hidden = torch.cat([out.hidden_states[0][-1][:, -1:]] +  # the prompt's last position predicts token 0
+                               [h[-1][:, -1:] for h in out.hidden_states[1:steps]], 1).float().cpu()  # (B, S, D)
         batch = []
         for row, i in enumerate(idx):
             toks = new[row]
             end = next((j for j, t in enumerate(toks) if t in stop), None)
             kept = toks if end is None else toks[:end]
+            n = len(kept) + (end is not None)
+            states = dict(logprobs=lp_t[row, :n], logprobs_raw=lp_raw[row, :n], hidden=hidden[row, :n]) \
+                if with_states else {}
             batch.append(Generation(key=prompts[i][0], text=tokenizer.decode(kept, skip_special_tokens=True),
-                                    token_ids=kept, num_tokens=len(kept) + (end is not None),
-                                    finished=end is not None, seed=s,
-                                    stop_token=None if end is None else toks[end]))
+                                    token_ids=kept, num_tokens=n, finished=end is not None, seed=s,
+                                    stop_token=None if end is None else toks[end], **states))
         yield batch
 
 

@@ -18,6 +18,8 @@ in the RM by `tether rm`). How this departs from InstructGPT:
   used the same shared layout.)
 - Logits are computed only for the response positions (the prompt's are never needed), and
   rollout forwards run in minibatches, so peak memory stays at one minibatch of (B, T, V) logits.
+- The "old" log-probs and values are read off the KV-cached decoding (float32; with bf16 autocast
+  they are recomputed): the rollout's only extra forward pass is the reference's.
 - With LoRA, the reference is the same model with its adapters disabled: no second copy in memory.
 
 KL is reported as nats per sequence, summed over response tokens, from the *raw* logits (not divided
@@ -248,10 +250,13 @@ def train(cfg: PPOConfig, prompts: list[Prompt], reward_fn: RewardFn | None = No
 
     @torch.no_grad()
     def collect(batch: list[Prompt], ids: list[list[int]], seed: int) -> Rollout:
-        """Sample one response per prompt, then one no-grad pass for log-probs, values and reference."""
+        """Sample one response per prompt; log-probs and values come from the decoding itself (float32),
+        so the only extra no-grad pass is the reference's."""
         inner = accelerator.unwrap_model(policy)
+        reuse = cfg.dtype == "float32"  # under autocast, recompute them as training will see them
         gens = next(rollout.generate(inner.model, tok, list(enumerate(ids)), temperature=cfg.temperature,
-                                     max_new_tokens=cfg.max_new_tokens, batch_size=len(ids), seed=seed))
+                                     max_new_tokens=cfg.max_new_tokens, batch_size=len(ids), seed=seed,
+                                     with_states=reuse))
         order = [g.key for g in gens]  # generation sorts by prompt length
         responses = [g.token_ids + ([g.stop_token] if g.finished else []) for g in gens]
         input_ids, attention, mask = pack([ids[i] for i in order], responses, pad)
@@ -259,22 +264,27 @@ def train(cfg: PPOConfig, prompts: list[Prompt], reward_fn: RewardFn | None = No
         width = input_ids.shape[1] - T
         labels = input_ids[:, width:]  # (B, T)
         cols = {k: torch.zeros((B, T)) for k in ("lp", "ref", "raw", "ref_raw", "v")}
+        if reuse:
+            for row, g in enumerate(gens):
+                n = g.num_tokens
+                cols["lp"][row, :n], cols["raw"][row, :n] = g.logprobs, g.logprobs_raw
+                cols["v"][row, :n] = inner.value_head(g.hidden.to(device)).squeeze(-1).float().cpu()
         for s in range(0, B, cfg.mini_batch_size):
             sl = slice(s, s + cfg.mini_batch_size)
-            x, a = input_ids[sl].to(device), attention[sl].to(device)
-            logits, values = policy(x, a, width)  # (b, T, V), (b, T)
+            x, a, y = input_ids[sl].to(device), attention[sl].to(device), labels[sl].to(device)
+            if not reuse:
+                logits, values = policy(x, a, width)  # (b, T, V), (b, T)
+                cols["lp"][sl] = logprobs_from_logits(logits.float() / cfg.temperature, y).cpu()
+                cols["raw"][sl] = logprobs_from_logits(logits.float(), y).cpu()
+                cols["v"][sl] = values.cpu()
             with accelerator.autocast():
                 if ref_model is not None:
                     ref_logits, _ = response_logits(ref_model, x, a, width)
                 else:
                     with inner.model.disable_adapter():
                         ref_logits, _ = response_logits(inner.model, x, a, width)
-            y = labels[sl].to(device)
-            cols["lp"][sl] = logprobs_from_logits(logits.float() / cfg.temperature, y).cpu()
             cols["ref"][sl] = logprobs_from_logits(ref_logits.float() / cfg.temperature, y).cpu()
-            cols["raw"][sl] = logprobs_from_logits(logits.float(), y).cpu()
             cols["ref_raw"][sl] = logprobs_from_logits(ref_logits.float(), y).cpu()
-            cols["v"][sl] = values.cpu()
         texts, finished = [g.text for g in gens], [g.finished for g in gens]
         ps = [batch[i] for i in order]
         rm_scores, rm_std = score(ps, texts, finished)

@@ -1,0 +1,42 @@
+"""Generation with states: the log-probs and hidden states read off KV-cached decoding equal those of
+one full forward pass over prompt‖response (what PPO would otherwise recompute)."""
+
+import pytest
+import torch
+
+from tether.rollout import generate, pack, response_logits
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_states_from_decoding_match_a_full_forward(word_model_dir, temperature):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(word_model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(word_model_dir)
+    prompts = [(i, tok(p).input_ids) for i, p in enumerate(["say a color", "the sky is", "a dog is", "sea"])]
+    gens = next(generate(model, tok, prompts, temperature=temperature, max_new_tokens=6, batch_size=4, seed=3,
+                         with_states=True))
+    by_key = dict(prompts)
+    responses = [g.token_ids + ([g.stop_token] if g.finished else []) for g in gens]
+    ids, attn, mask = pack([by_key[g.key] for g in gens], responses, tok.pad_token_id)
+    width = ids.shape[1] - mask.shape[1]
+    with torch.no_grad():
+        logits, hidden = response_logits(model, ids, attn, width)  # (B, T, V), (B, T, D)
+    labels = ids[:, width:]
+    lp_t = (logits / temperature).log_softmax(-1).gather(-1, labels[..., None]).squeeze(-1)
+    lp_raw = logits.log_softmax(-1).gather(-1, labels[..., None]).squeeze(-1)
+    for row, g in enumerate(gens):
+        n = g.num_tokens
+        assert g.logprobs.shape == (n,) and g.hidden.shape == (n, hidden.shape[-1])
+        torch.testing.assert_close(g.logprobs, lp_t[row, :n], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(g.logprobs_raw, lp_raw[row, :n], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(g.hidden, hidden[row, :n], atol=1e-4, rtol=1e-4)
+
+
+def test_states_refuse_nucleus_sampling(word_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(word_model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(word_model_dir)
+    with pytest.raises(ValueError, match="top_p = 1"):
+        next(generate(model, tok, [(0, [3])], top_p=0.9, with_states=True))
