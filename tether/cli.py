@@ -347,10 +347,12 @@ def demo(directory: Path = typer.Option(Path("demo-workspace"), "--dir", help="W
                        f"then `tether score -w {directory}`)"))
 
 
+from tether.commands.dpo import dpo  # noqa: E402
 from tether.commands.evaluate import evaluate  # noqa: E402
 from tether.commands.ppo import ppo  # noqa: E402
 
 app.command()(ppo)
+app.command()(dpo)
 app.command("eval")(evaluate)
 
 

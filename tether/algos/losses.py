@@ -242,3 +242,51 @@ def sequence_logprobs(
         return masked_mean(token_logprobs, mask, dim=-1)  # (B,)
     m = mask.bool()
     return torch.where(m, token_logprobs, torch.zeros_like(token_logprobs)).sum(-1)  # (B,)
+
+
+class _LogprobsFromHidden(torch.autograd.Function):
+    """log softmax(H W^T)[y] in chunks of tokens; backward recomputes each chunk's logits."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk):  # (N, D), (V, D), (N,) -> (N,)
+        out = hidden.new_empty(hidden.shape[0], dtype=torch.float32)
+        for s in range(0, hidden.shape[0], chunk):
+            z = (hidden[s:s + chunk] @ weight.T).float()  # (n, V)
+            out[s:s + chunk] = z.gather(-1, targets[s:s + chunk, None])[:, 0] - torch.logsumexp(z, dim=-1)
+        ctx.save_for_backward(hidden, weight, targets)
+        ctx.chunk = chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # (N,): d loss / d logp_t
+        hidden, weight, targets = ctx.saved_tensors
+        want_h, want_w = ctx.needs_input_grad[:2]
+        grad_h = torch.zeros_like(hidden) if want_h else None
+        grad_w = torch.zeros_like(weight) if want_w else None
+        for s in range(0, hidden.shape[0], ctx.chunk):
+            h, y, g = hidden[s:s + ctx.chunk], targets[s:s + ctx.chunk], grad[s:s + ctx.chunk, None]
+            dz = torch.softmax((h @ weight.T).float(), dim=-1).mul_(-g)  # (n, V): g * (onehot(y) - p)
+            dz.scatter_add_(-1, y[:, None], g)
+            dz = dz.to(weight.dtype)
+            if want_h:
+                grad_h[s:s + ctx.chunk] = dz @ weight  # (n, D)
+            if want_w:
+                grad_w.addmm_(dz.T, h)  # (V, D)
+        return grad_h, grad_w, None, None
+
+
+def logprobs_from_hidden(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         chunk: int = 256) -> torch.Tensor:
+    """log softmax(h_t W^T)[y_t] for every row: ``(N, D)``, ``(V, D)``, ``(N,)`` -> ``(N,)`` float32.
+
+    The same value and gradients as ``logprobs_from_logits(hidden @ weight.T, targets)`` for an LM head
+    without bias, but the ``(N, V)`` logits never exist at once: forward and backward work on ``chunk``
+    rows at a time and backward recomputes their logits (one more head matmul, in exchange for not
+    keeping N x V floats for backward, the largest activation of a small-model forward). Gradient:
+    d log p(y_t) / d z_t = onehot(y_t) - softmax(z_t), so dL/dh_t = g_t (W[y_t] - p_t W) and
+    dL/dW = sum_t g_t (onehot(y_t) - p_t)^T h_t, with g_t = dL / d log p(y_t).
+    """
+    return _LogprobsFromHidden.apply(hidden, weight, targets, chunk)
+
+
+__all__ += ["logprobs_from_hidden"]

@@ -17,8 +17,9 @@ How this departs from the paper and from TRL's DPOTrainer:
   with a 4-D attention mask under which rejected tokens see the prompt but not chosen, and positions
   that restart after the prompt, so the prompt is computed once per pair instead of twice. The log-probs
   equal those of two separate rows (tested against TRL). `share_prompt=False` uses TRL's layout (2B rows).
-- Only response positions go through the LM head (the output layer is the largest matmul of a small
-  model and its logits the largest activation).
+- Only response positions go through the LM head, in chunks whose logits are recomputed in backward
+  (`logprobs_from_hidden`): the (tokens x vocabulary) logits, the largest activation of a small model,
+  are never held whole.
 - Pairs carry weights (flagged labelers down-weighted): loss = 1/B Σ_i w_i ℓ_i. Pairs of one ranking
   (one `group`) share a batch. A cut-off response is encoded without an end-of-turn token.
 - Longer than `max_length` (prompt + one response): the prompt loses tokens from the left (its BOS is
@@ -34,6 +35,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -43,10 +45,11 @@ from pathlib import Path
 import torch
 
 from tether import models, reward
-from tether.algos.losses import dpo_loss, ipo_loss, logprobs_from_logits
+from tether.algos.losses import dpo_loss, ipo_loss, logprobs_from_hidden, logprobs_from_logits
 from tether.errors import TetherError
 from tether.models import BUNDLED, LoraSettings
-from tether.recipes.rm import (PreferenceExample, _accelerator, _save_checkpoint, batches_keeping_groups,
+from tether.recipes.common import make_accelerator, save_checkpoint
+from tether.recipes.rm import (PreferenceExample, batches_keeping_groups,
                                split_eval)
 
 
@@ -99,19 +102,11 @@ class PairTokens:
 
 # --- losses by name (pure functions in tether.algos.losses) --------------------------------------
 
-def _dpo(pc, pr, rc, rr, beta, eps):  # Rafailov et al. 2023, eq. 7
-    return dpo_loss(pc, pr, rc, rr, beta)[0]
-
-
-def _cdpo(pc, pr, rc, rr, beta, eps):  # Mitchell 2023: eq. 7 with labels flipped with probability eps
-    return dpo_loss(pc, pr, rc, rr, beta, label_smoothing=eps)[0]
-
-
-def _ipo(pc, pr, rc, rr, beta, eps):  # Azar et al. 2023, eq. 17
-    return ipo_loss(pc, pr, rc, rr, beta)[0]
-
-
-LOSSES = {"dpo": _dpo, "ipo": _ipo, "cdpo": _cdpo}
+LOSSES = {  # name -> f(policy chosen, policy rejected, ref chosen, ref rejected, beta, eps) -> losses (B,)
+    "dpo": lambda pc, pr, rc, rr, beta, eps: dpo_loss(pc, pr, rc, rr, beta)[0],  # Rafailov et al. 2023, eq. 7
+    "ipo": lambda pc, pr, rc, rr, beta, eps: ipo_loss(pc, pr, rc, rr, beta)[0],  # Azar et al. 2023, eq. 17
+    "cdpo": lambda pc, pr, rc, rr, beta, eps: dpo_loss(pc, pr, rc, rr, beta, label_smoothing=eps)[0],  # Mitchell
+}
 PER_TOKEN = {"ipo"}  # losses fed token-averaged log-probs (as TRL does for IPO)
 
 
@@ -154,13 +149,6 @@ def batch_loss(cfg: DPOConfig, eps: float, logps: torch.Tensor, ref: torch.Tenso
 
 # --- tokens --------------------------------------------------------------------------------------
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
-
-
 def encode_pair(tokenizer, ex: PreferenceExample, max_length: int) -> PairTokens:
     """Prompt and response tokens as `reward.encode_pair_text` writes prompt‖response: a finished chat
     answer ends with the template's end of turn, a cut-off one with its last token. The prompt is where
@@ -168,7 +156,7 @@ def encode_pair(tokenizer, ex: PreferenceExample, max_length: int) -> PairTokens
     prompt = models.encode_prompt(tokenizer, ex.prompt)
     c = reward.encode_pair_text(tokenizer, ex.prompt, ex.chosen, ex.chosen_finished)
     r = reward.encode_pair_text(tokenizer, ex.prompt, ex.rejected, ex.rejected_finished)
-    k = min(_common_prefix(prompt, c), _common_prefix(prompt, r))
+    k = len(os.path.commonprefix([prompt, c, r]))  # works on lists: the longest shared prefix
     p, c, r = c[:k], c[k:], r[k:]
     if k + max(len(c), len(r)) > max_length:
         keep = min(k, max(max_length - max(len(c), len(r)), max_length // 4))
@@ -254,11 +242,14 @@ class _PairLogps(torch.nn.Module):
         backbone = getattr(inner, inner.base_model_prefix)
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           use_cache=False).last_hidden_state  # (R, T, D)
-        logits = inner.get_output_embeddings()(hidden.flatten(0, 1)[src])  # (N, V) response positions only
+        picked, head = hidden.flatten(0, 1)[src], inner.get_output_embeddings()  # (N, D) response positions only
         cap = getattr(inner.config, "final_logit_softcapping", None)
-        if cap:
-            logits = cap * torch.tanh(logits / cap)
-        logps = logprobs_from_logits(logits[None], tgt[None], ignore_index=None)[0]  # (N,)
+        if type(head) is torch.nn.Linear and head.bias is None and not cap:
+            logps = logprobs_from_hidden(picked, head.weight, tgt)  # (N,) the (N, V) logits never held whole
+        else:
+            logits = head(picked)  # (N, V)
+            logits = cap * torch.tanh(logits / cap) if cap else logits
+            logps = logprobs_from_logits(logits[None], tgt[None], ignore_index=None)[0]  # (N,)
         return logps.new_zeros(2 * n_pairs).index_add(0, seg, logps).view(n_pairs, 2)  # (B, 2)
 
 
@@ -319,7 +310,7 @@ def train(cfg: DPOConfig, pairs: list[PreferenceExample], eval_pairs: list[Prefe
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
-    accelerator = _accelerator(cfg.dtype)
+    accelerator = make_accelerator(cfg.dtype, "dpo")
     main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
     out = Path(cfg.out_dir)
     ckpt, ref_file = out / "checkpoint", out / "reference.pt"
@@ -355,14 +346,34 @@ def train(cfg: DPOConfig, pairs: list[PreferenceExample], eval_pairs: list[Prefe
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup * total_steps), total_steps)
     policy, optimizer = accelerator.prepare(_PairLogps(model), optimizer)
     accelerator.register_for_checkpointing(scheduler)
-    device = accelerator.device
-    inner = accelerator.unwrap_model(policy)
+    device, inner = accelerator.device, accelerator.unwrap_model(policy)
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+
+    saved = ckpt / "tether_state.json"
+    state = json.loads(saved.read_text()) if resume and saved.is_file() else None
+    if state and state["fingerprint"] != fingerprint:
+        raise TetherError(f"dpo: {ckpt} was written for other data or settings; remove it or run without resume")
+
+    # the reference: log-probs of the starting policy (adapter disabled), once, before any update or resume
+    cached = torch.load(ref_file) if ref_file.is_file() else None
+    ref_seconds, ref_reused = 0.0, bool(cached and cached["key"] == ref_key)
+    if ref_reused:
+        ref, eval_ref = cached["train"], cached["eval"]
+    else:
+        t_ref = time.perf_counter()
+        no_adapter = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+        with Progress(*columns, disable=not (show_progress and main)) as bar, no_adapter, \
+                accelerator.autocast():
+            task = bar.add_task("reference log-probs", total=len(toks) + len(eval_toks))
+            ref, eval_ref = (pair_logps(inner, t, ref_bs, pad, cfg.share_prompt, device, accelerator,
+                                        lambda n: bar.advance(task, n)) for t in (toks, eval_toks))
+        ref_seconds = time.perf_counter() - t_ref
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+            torch.save({"key": ref_key, "train": ref, "eval": eval_ref}, ref_file)
 
     step = 0
-    if resume and (ckpt / "tether_state.json").is_file():
-        state = json.loads((ckpt / "tether_state.json").read_text())
-        if state["fingerprint"] != fingerprint:
-            raise TetherError(f"dpo: {ckpt} was written for other data or settings; remove it or run without resume")
+    if state:  # after the reference pass, which must see the starting weights
         accelerator.load_state(str(ckpt))
         step = state["step"]
     if main:  # a fresh run starts clean; a resumed one forgets what the crash lost after its checkpoint
@@ -379,39 +390,22 @@ def train(cfg: DPOConfig, pairs: list[PreferenceExample], eval_pairs: list[Prefe
                 f.write(json.dumps(record) + "\n")
             for k, v in record.items():
                 if k != "step" and isinstance(v, (int, float)):
-                    tag = k.replace("eval_", "eval/") if k.startswith("eval_") else f"train/{k}"
-                    writer.add_scalar(tag, v, record["step"])
+                    writer.add_scalar(k.replace("eval_", "eval/") if k.startswith("eval_") else f"train/{k}", v,
+                                      record["step"])
 
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("loss {task.fields[loss]}"), TextColumn("acc {task.fields[acc]}"), TimeElapsedColumn()]
+    def eval_now() -> dict:  # held-out loss and preference accuracy (implicit reward of chosen > rejected)
+        if not eval_toks:
+            return {}
+        with accelerator.autocast():
+            logps = pair_logps(inner, eval_toks, ref_bs, pad, cfg.share_prompt, device, accelerator)
+        s = batch_loss(cfg, eps, logps, eval_ref, eval_counts, torch.ones(len(eval_toks)))[1]
+        n = s.pop("pairs")
+        return {"eval_pairs": n} | {f"eval_{k}": v / n for k, v in s.items()}
+
+    # --- loop -----------------------------------------------------------------------------------
+    window, t_log = {}, time.perf_counter()
+    columns[3:3] = [TextColumn("loss {task.fields[loss]}"), TextColumn("acc {task.fields[acc]}")]
     with Progress(*columns, disable=not (show_progress and main)) as bar:
-        # the reference: log-probs of the starting policy, once, before any update (adapter disabled)
-        cached = torch.load(ref_file) if ref_file.is_file() else None
-        ref_seconds, ref_reused = 0.0, bool(cached and cached["key"] == ref_key)
-        if ref_reused:
-            ref, eval_ref = cached["train"], cached["eval"]
-        else:
-            t_ref = time.perf_counter()
-            task = bar.add_task("reference log-probs", total=len(toks) + len(eval_toks), loss="-", acc="-")
-            no_adapter = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
-            with no_adapter, accelerator.autocast():
-                ref, eval_ref = (pair_logps(inner, t, ref_bs, pad, cfg.share_prompt, device, accelerator,
-                                            lambda n: bar.advance(task, n)) for t in (toks, eval_toks))
-            ref_seconds = time.perf_counter() - t_ref
-            if main:
-                torch.save({"key": ref_key, "train": ref, "eval": eval_ref}, ref_file)
-
-        def eval_now() -> dict:
-            if not eval_toks:
-                return {}
-            with accelerator.autocast():
-                logps = pair_logps(inner, eval_toks, ref_bs, pad, cfg.share_prompt, device, accelerator)
-            _, s = batch_loss(cfg, eps, logps, eval_ref, eval_counts, torch.ones(len(eval_toks)))
-            n = s.pop("pairs")
-            return {"eval_pairs": n} | {f"eval_{k}": v / n for k, v in s.items()}
-
-        # --- loop -------------------------------------------------------------------------------
-        window, t_log = {}, time.perf_counter()
         task = bar.add_task("dpo", total=total_steps, completed=step, loss="-", acc="-")
         while step < total_steps:
             first = step * per_step
@@ -438,17 +432,16 @@ def train(cfg: DPOConfig, pairs: list[PreferenceExample], eval_pairs: list[Prefe
 
             if step % cfg.log_every == 0 or step == total_steps:
                 now, n = time.perf_counter(), window.pop("pairs")
-                record = {"step": step} | {key: v / n for key, v in window.items()} | {
+                log({"step": step} | {key: v / n for key, v in window.items()} | {
                     "lr": lr_now, "grad_norm": float(grad_norm), "seconds": now - t0,
-                    "pairs_per_s": n * world / max(now - t_log, 1e-9)}
-                log(record)
-                bar.update(task, loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.2f}")
+                    "pairs_per_s": n * world / max(now - t_log, 1e-9)})
+                bar.update(task, loss=f"{window['loss'] / n:.3f}", acc=f"{window['accuracy'] / n:.2f}")
                 window, t_log = {}, now
             bar.update(task, completed=step)
             if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
                 log({"step": step} | eval_now())
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps:
-                _save_checkpoint(accelerator, ckpt, {"step": step, "total_steps": total_steps,
+                save_checkpoint(accelerator, ckpt, {"step": step, "total_steps": total_steps,
                                                      "fingerprint": fingerprint})
             if cfg.stop_after and step >= cfg.stop_after and step < total_steps:  # simulated crash
                 if writer:

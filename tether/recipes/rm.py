@@ -21,7 +21,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import random
 import shutil
 import time
@@ -35,6 +34,7 @@ from tether import reward
 from tether.algos.losses import bradley_terry_loss
 from tether.errors import TetherError
 from tether.models import BUNDLED, LoraSettings
+from tether.recipes.common import make_accelerator, save_checkpoint
 
 
 @dataclass
@@ -232,39 +232,11 @@ class _Scorer(torch.nn.Module):
 _FREE_ON_RESUME = ("threads", "log_every", "checkpoint_every", "eval_every", "stop_after", "out_dir")
 
 
-def _accelerator(dtype: str):
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
-    precision = {"float32": "no", "bfloat16": "bf16"}.get(dtype)
-    if precision is None:
-        raise TetherError(f"rm: dtype must be 'float32' or 'bfloat16', not '{dtype}'")
-    kwargs = {"cpu": not torch.cuda.is_available(), "mixed_precision": precision}
-    try:
-        return Accelerator(**kwargs)
-    except ValueError:  # an earlier run in this process chose other options; safe to reset when alone
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise
-        AcceleratorState._reset_state(reset_partial_state=True)
-        return Accelerator(**kwargs)
+def _accelerator(dtype: str):  # TEMPORARY alias while sft.py moves to tether.recipes.common
+    return make_accelerator(dtype, "rm")
 
 
-def _save_checkpoint(accelerator, ckpt: Path, state: dict) -> None:
-    """accelerator.save_state (model, optimizer, scheduler, RNG) + tether_state.json, swapped in whole."""
-    tmp, old = ckpt.with_name(ckpt.name + ".tmp"), ckpt.with_name(ckpt.name + ".old")
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / "tether_state.json").write_text(json.dumps(state))
-        shutil.rmtree(old, ignore_errors=True)
-        if ckpt.exists():
-            ckpt.rename(old)
-        tmp.rename(ckpt)
-        shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
+_save_checkpoint = save_checkpoint
 
 
 def train(cfg: RMConfig, pairs: list[PreferenceExample], eval_pairs: list[PreferenceExample] | None = None,
@@ -287,7 +259,7 @@ def train(cfg: RMConfig, pairs: list[PreferenceExample], eval_pairs: list[Prefer
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
-    accelerator = _accelerator(cfg.dtype)
+    accelerator = make_accelerator(cfg.dtype, "rm")
     main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
     out, heads = Path(cfg.out_dir), cfg.num_heads
     ckpt = out / "checkpoint"
@@ -417,7 +389,7 @@ def train(cfg: RMConfig, pairs: list[PreferenceExample], eval_pairs: list[Prefer
             if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
                 log({"step": step} | eval_now())
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps:
-                _save_checkpoint(accelerator, ckpt, {"step": step, "total_steps": total_steps,
+                save_checkpoint(accelerator, ckpt, {"step": step, "total_steps": total_steps,
                                                      "fingerprint": fingerprint})
             if cfg.stop_after and step >= cfg.stop_after and step < total_steps:  # simulated crash
                 if writer:
