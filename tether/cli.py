@@ -350,7 +350,9 @@ def demo(directory: Path = typer.Option(Path("demo-workspace"), "--dir", help="W
 from tether.commands.dpo import dpo  # noqa: E402
 from tether.commands.evaluate import evaluate  # noqa: E402
 from tether.commands.ppo import ppo  # noqa: E402
+from tether.commands.sft import sft  # noqa: E402
 
+app.command()(sft)
 app.command()(ppo)
 app.command()(dpo)
 app.command("eval")(evaluate)

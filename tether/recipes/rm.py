@@ -232,13 +232,6 @@ class _Scorer(torch.nn.Module):
 _FREE_ON_RESUME = ("threads", "log_every", "checkpoint_every", "eval_every", "stop_after", "out_dir")
 
 
-def _accelerator(dtype: str):  # TEMPORARY alias while sft.py moves to tether.recipes.common
-    return make_accelerator(dtype, "rm")
-
-
-_save_checkpoint = save_checkpoint
-
-
 def train(cfg: RMConfig, pairs: list[PreferenceExample], eval_pairs: list[PreferenceExample] | None = None,
           ratings: list[RatingExample] | None = None, normalise_on: list[tuple] | None = None,
           resume: bool = False, show_progress: bool = True) -> RMResult:
