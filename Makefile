@@ -40,6 +40,9 @@ bench: setup
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python bench/sample.py
 	$(BIN)/python bench/rm.py
+	$(BIN)/python bench/sft.py
+	$(BIN)/python bench/dpo.py
+	$(BIN)/python bench/ppo.py
 
 clean:
 	rm -rf $(VENV) demo-workspace *.egg-info
