@@ -41,6 +41,11 @@ def test_each_kind_becomes_pairs(three_answers):
     ranking_pairs = [p for p in got.pairs if p.group is not None]
     assert len(ranking_pairs) == 3 and len({p.group for p in ranking_pairs}) == 1
     assert all(p.weight == 1.0 for p in got.pairs)
+    # only rating pairs carry a margin: (5 - 3) / 4 for ann's two rating pairs
+    assert sorted((p.margin or 0) for p in got.pairs) == [0] * 6 + [0.5, 0.5]
+    from tether.feedback.collect import preference_examples
+
+    assert sorted((e.margin or 0) for e in preference_examples(store, got)) == [0] * 6 + [0.5, 0.5]
 
 
 def test_flipping_labeler_is_downweighted_or_excluded(tmp_path):

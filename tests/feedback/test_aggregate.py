@@ -69,6 +69,10 @@ def test_rating_pairs_within_prompt_and_labeler():
     assert sorted((p.chosen, p.rejected, p.labeler) for p in result.pairs) == [
         (10, 11, 7), (10, 12, 7), (11, 10, 8)]
     assert (result.n_ties, result.n_cant_tell) == (1, 1)
+    # margins: rating gaps over the scale's width 5 - 1 = 4: (5 - 3) / 4 = 0.5 twice, (4 - 2) / 4 = 0.5
+    assert sorted(p.margin for p in result.pairs) == [0.5, 0.5, 0.5]
+    wide = rating_pairs([(1, 1, 7, 5), (2, 1, 7, 1), (3, 1, 7, 4)])
+    assert {(p.chosen, p.rejected): p.margin for p in wide.pairs} == {(1, 2): 1.0, (1, 3): 0.25, (3, 2): 0.75}
 
 
 RATINGS = [
@@ -92,7 +96,8 @@ def test_normalise_ratings_by_hand():
 
 def test_rating_pairs_across_labelers():
     result = rating_pairs(RATINGS, across_labelers=True)
-    assert result.pairs == [Pair(50, 1, 2)]
+    # z-score gap 2/3 - (-2/3) = 4/3, divided by 4 -> margin 1/3
+    assert result.pairs == [Pair(50, 1, 2, margin=pytest.approx(1 / 3))]
     # Within labeler 3 alone the two responses tie; across labelers they do not.
     assert rating_pairs(RATINGS).n_ties == 1
     assert result.n_ties == 0

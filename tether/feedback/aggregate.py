@@ -33,6 +33,7 @@ class Pair:
     weight: float = 1.0
     group: int | None = None
     labeler: int | None = None
+    margin: float | None = None  # how much better, from a rating gap in [0, 1] (Llama 2 margin loss)
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,9 @@ def rating_pairs(ratings: Iterable, across_labelers: bool = False,
     `across_labelers=True` a response's score is its mean per-labeler z-score
     (`normalise_ratings`) and all responses to a prompt are compared (pairs get labeler=None).
     Equal scores (within 1e-9) give no pair and count in `n_ties`; a score of None ("can't
-    tell") is left out and counted in `n_cant_tell`.
+    tell") is left out and counted in `n_cant_tell`. Each pair's `margin` is the score gap over
+    the scale's width (5 vs 2 on 1-5: 0.75), for the margin loss of Llama 2 (Touvron et al. 2023,
+    eq. 2); across labelers the gap is in z-scores, divided by 4 and capped at 1.
     """
     rows, n_cant = _rating_rows(ratings, scale)
     groups: dict[tuple, dict[int, float]] = defaultdict(dict)
@@ -199,7 +202,8 @@ def rating_pairs(ratings: Iterable, across_labelers: bool = False,
                 result.n_ties += 1
             else:
                 chosen, rejected = (r1, r2) if s1 > s2 else (r2, r1)
-                result.pairs.append(Pair(prompt_id, chosen, rejected, labeler=labeler))
+                gap = abs(s1 - s2) / (4.0 if across_labelers else scale[1] - scale[0])
+                result.pairs.append(Pair(prompt_id, chosen, rejected, labeler=labeler, margin=min(gap, 1.0)))
     return result
 
 

@@ -88,7 +88,7 @@ def collect_pairs(store: Store, rounds: list[int] | None = None, kinds: tuple[st
         for p in pairs:
             w = p.weight * out.weights.get(p.labeler, 1.0)
             if w > 0:
-                kept.append(A.Pair(p.prompt_id, p.chosen, p.rejected, w, p.group, p.labeler))
+                kept.append(A.Pair(p.prompt_id, p.chosen, p.rejected, w, p.group, p.labeler, p.margin))
         out.pairs.extend(kept)
         out.by_kind[kind] = len(kept)
 
@@ -125,7 +125,8 @@ def preference_examples(store: Store, collected: CollectedPairs):
         _, chosen, c_fin, ptext, msgs = info[p.chosen]
         _, rejected, r_fin, _, _ = info[p.rejected]
         out.append(PreferenceExample(prompt=msgs if msgs is not None else ptext, chosen=chosen, rejected=rejected,
-                                     chosen_finished=c_fin, rejected_finished=r_fin, weight=p.weight, group=p.group))
+                                     chosen_finished=c_fin, rejected_finished=r_fin, weight=p.weight, group=p.group,
+                                     margin=p.margin))
     return out
 
 
