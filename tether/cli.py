@@ -348,7 +348,7 @@ def demo(directory: Path = typer.Option(Path("demo-workspace"), "--dir", help="W
 
 
 from tether.commands.dpo import dpo  # noqa: E402
-from tether.commands.evaluate import evaluate  # noqa: E402
+from tether.commands.evaluate import bon, evaluate  # noqa: E402
 from tether.commands.ppo import ppo  # noqa: E402
 from tether.commands.sft import sft  # noqa: E402
 
@@ -356,6 +356,7 @@ app.command()(sft)
 app.command()(ppo)
 app.command()(dpo)
 app.command("eval")(evaluate)
+app.command()(bon)
 
 
 def main() -> None:

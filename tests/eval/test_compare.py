@@ -51,3 +51,21 @@ def test_cli_eval_reports_win_rate_and_kl(word_model_dir, tmp_path):
     report = json.loads((ws.root / "runs" / "eval-1" / "report.json").read_text())
     assert report["policy"]["policy"].endswith("ppo-1/model") and report["prompts"] == 2
     assert report["policy"]["kl"] > 0 and len(report["answers"]) == 4
+
+
+def test_best_of_n_kl_by_hand_and_end_to_end(word_model_dir, tmp_path):
+    import math
+
+    from tether import reward
+    from tether.recipes.bon import BoNConfig, bon_kl, run
+
+    assert bon_kl(1) == 0.0
+    assert bon_kl(4) == pytest.approx(math.log(4) - 0.75)  # 0.6363 nats
+    rm, tok = reward.load_reward_model(str(word_model_dir))
+    reward.save_reward_model(rm, tok, tmp_path / "rm")
+    prompts = ["say a color", "the sky is", "a dog is"]
+    rep = run(BoNConfig(policy=str(word_model_dir), reward_model=str(tmp_path / "rm"), n=4, max_new_tokens=5),
+              prompts, gold_fn=lambda p, r, f: float(len(r)))
+    assert rep["reward_best"] >= rep["reward_single"]  # the best of 4 by reward, the first of the same 4
+    assert all(a["best_reward"] >= a["single_reward"] for a in rep["answers"])
+    assert rep["gold"]["n"] == 3 and rep["kl_analytic"] == pytest.approx(bon_kl(4))

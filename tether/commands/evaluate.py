@@ -90,3 +90,53 @@ def evaluate(policy: Optional[str] = typer.Option(None, help="Policy to evaluate
             console.print(Text(f"{key} win rate of the policy: {w['win_rate']:.1%} (95 % CI {w['ci_low']:.1%}-"
                                f"{w['ci_high']:.1%}; {w['wins']} wins, {w['ties']} ties, {w['losses']} losses)"))
     console.print(Text(f"report with every answer: {path}"))
+
+
+@user_errors
+def bon(n: int = typer.Option(4, "--n", help="Samples per prompt; the reward model keeps the best."),
+        policy: Optional[str] = typer.Option(None, help="Policy to sample (default: the workspace policy)."),
+        reward_model: Optional[str] = typer.Option(None, "--reward-model", help="Reward model folder "
+                                                   "(default: the latest runs/rm-*/model)."),
+        split: str = typer.Option("eval", help="Prompts of this split."),
+        max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
+        temperature: float = typer.Option(0.7),
+        gold: bool = typer.Option(True, help="Score with the hidden gold scorer."),
+        seed: int = typer.Option(0),
+        workspace: Path = WorkspaceOpt):
+    """Best-of-N: sample N answers per prompt, keep the reward model's favourite. Reports its gold win
+    rate over a single sample and its analytic KL, log N - (N-1)/N, the baseline for PPO/DPO/RLOO."""
+    import torch
+
+    from tether.feedback.gold import gold_score
+    from tether.recipes.bon import BoNConfig, run
+    from tether.workspace import open_workspace
+
+    quiet_transformers()
+    ws = open_workspace(workspace)
+    torch.set_num_threads(ws.config.threads or os.cpu_count() or 1)
+    store = ws.store()
+    reward_model = reward_model or (str(latest_model(ws.root, "rm")) if latest_model(ws.root, "rm") else None)
+    if reward_model is None:
+        raise TetherError("no reward model in this workspace: train one with `tether rm`, or pass --reward-model")
+    prompts = store.prompts(split)
+    if not prompts:
+        raise TetherError(f"no prompts in split '{split}'")
+    run_dir = ws.new_run_dir("bon")
+    cfg = BoNConfig(policy=policy or ws.config.policy, reward_model=reward_model, n=n, temperature=temperature,
+                    max_new_tokens=max_new_tokens, seed=seed)
+    run_id = store.start_run("bon", ws.config.round, {k: str(v) for k, v in vars(cfg).items()}, str(run_dir))
+    try:
+        report = run(cfg, prompts, gold_score if gold else None)
+    except BaseException:
+        store.finish_run(run_id, "failed")
+        raise
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2))
+    store.finish_run(run_id, "done", {k: v for k, v in report.items() if k != "answers"})
+    line = (f"best-of-{n} on {report['prompts']} '{split}' prompts: reward {report['reward_best']:.3f} "
+            f"(one sample: {report['reward_single']:.3f}), analytic KL {report['kl_analytic']:.3f} nats")
+    if "gold" in report:
+        w = report["gold"]
+        line += (f"; gold {report['gold_best']:.3f} vs {report['gold_single']:.3f}, win rate {w['win_rate']:.1%} "
+                 f"(95 % CI {w['ci_low']:.1%}-{w['ci_high']:.1%})")
+    console.print(Text(line))
+    console.print(Text(f"report with every answer: {run_dir / 'report.json'}"))
