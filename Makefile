@@ -43,6 +43,7 @@ bench: setup
 	$(BIN)/python bench/sft.py
 	$(BIN)/python bench/dpo.py
 	$(BIN)/python bench/ppo.py
+	$(BIN)/python bench/online.py
 
 clean:
 	rm -rf $(VENV) demo-workspace *.egg-info

@@ -349,12 +349,15 @@ def demo(directory: Path = typer.Option(Path("demo-workspace"), "--dir", help="W
 
 from tether.commands.dpo import dpo  # noqa: E402
 from tether.commands.evaluate import bon, evaluate  # noqa: E402
+from tether.commands.online import grpo, rloo  # noqa: E402
 from tether.commands.ppo import ppo  # noqa: E402
 from tether.commands.sft import sft  # noqa: E402
 
 app.command()(sft)
 app.command()(ppo)
 app.command()(dpo)
+app.command()(rloo)
+app.command()(grpo)
 app.command("eval")(evaluate)
 app.command()(bon)
 

@@ -1,0 +1,432 @@
+"""`tether rloo` / `tether grpo`: critic-free online RL, K samples per prompt, a group baseline.
+
+Reads top to bottom: setup (accelerator, policy, reference, reward, prompt stream), loop (sample k
+responses for each of `prompts_per_update` prompts → score them → sequence advantages within each
+group → clipped policy-gradient steps), save (held-out evaluation, the policy as an HF folder, metrics).
+
+The advantage estimator is a pure function chosen by name (`ESTIMATORS`):
+- `rloo`: REINFORCE Leave-One-Out, A_i = r_i - mean_{j != i} r_j (Ahmadian et al. 2024, eq. 9).
+- `grpo`: group-relative, A_i = (r_i - mean r) / std r (Shao et al. 2024, DeepSeekMath, eq. 3).
+KL to the frozen reference goes where one of the two papers puts it (`kl_in`):
+- "reward" (RLOO): r_i = score_i - beta * sum_t k1_t, k1_t = log pi(y_t) - log pi_ref(y_t), the
+  KL-shaped reward of the RLHF objective, then the baseline (Ahmadian et al. 2024, eq. 9 on it).
+- "loss" (GRPO, Shao et al. 2024, eq. 3 with the k3 estimator of eq. 4): beta * k3_t,
+  k3_t = pi_ref/pi - log(pi_ref/pi) - 1, is added to every token's loss (gradient through pi).
+Defaults: rloo → "reward", grpo → "loss" (as in each paper and in TRL 1.16).
+
+The policy loss is PPO's clipped surrogate (`ppo_policy_loss`, Schulman et al. 2017, eq. 7) with the
+sequence advantage broadcast over the response tokens, as in GRPO eq. 3 and TRL's GRPOTrainer; with
+one pass over fresh samples the ratio is 1 and it is REINFORCE with a group baseline. (TRL 1.16's
+RLOOTrainer takes one ratio per *sequence*, exp(sum_t log-ratio), and averages per sequence instead.)
+Loss normalisation: the token mean over all response tokens of the optimizer step (DAPO, Yu et al.
+2025, sec. 3.3 "Token-Level Policy Gradient Loss"; TRL GRPO's default `loss_type="dapo"`), not GRPO
+eq. 3's per-sequence mean, which weighs a token of a short answer more than one of a long answer.
+The k3 term is averaged the same way. Gradients are accumulated over `micro_batch_size` chunks, each
+weighted by its share of the step's tokens, so micro-batching bounds memory without changing the update.
+
+Training log-probs (loss, ratio, KL terms) use logits / temperature, matching the sampler (Huang et
+al. 2022); KL is *reported* as nats per sequence, summed over response tokens, from the raw logits,
+averaged over the policy's own samples: `kl` (k1) and `kl_k3`. A response cut off without EOS loses
+`no_eos_penalty`. Work saved, same maths: the policy's log-probs before the update are read off the
+KV-cached decoding (float32; `rollout.generate(with_states=True)`), so an update costs one reference
+pass and one training forward/backward (TRL's RLOOTrainer adds a no-grad policy pass); and with one
+optimizer step per batch (the defaults) micro-batches hold whole groups, in order, whose prompt runs
+once for its k responses (`group_logits`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tether import models, reward, rollout
+from tether.algos.advantages import grpo_advantages, masked_mean, rloo_advantages
+from tether.algos.kl import kl_k3
+from tether.algos.losses import entropy_from_logits, logprobs_from_logits, ppo_policy_loss
+from tether.errors import TetherError
+from tether.models import prompt_text
+from tether.recipes.common import MetricsLog, load_checkpoint_state, make_accelerator, save_checkpoint
+from tether.recipes.ppo import GoldFn, Prompt, RewardFn, accelerate_broadcast, prompt_order, trim
+from tether.rollout import pack, response_logits
+
+ESTIMATORS = {"rloo": rloo_advantages, "grpo": grpo_advantages}  # name -> f(rewards (B,), k) -> (B,)
+KL_PLACEMENT = {"rloo": "reward", "grpo": "loss"}  # each paper's default
+
+
+@dataclass
+class OnlineConfig:
+    estimator: str = "rloo"  # "rloo" or "grpo" (a key of ESTIMATORS)
+    policy: str = models.BUNDLED  # the SFT model to start from; also the frozen reference
+    reward_model: str | None = None  # a reward model folder from `tether rm` (or pass reward_fn to train)
+    lora: models.LoraSettings | None = None  # train LoRA adapters; reference = adapters disabled
+    lr: float | None = None  # None: 1e-5 for full fine-tuning, 1e-4 with LoRA
+    updates: int = 20  # iterations; each samples k responses to each of prompts_per_update prompts
+    prompts_per_update: int = 4  # per process
+    k: int = 4  # samples per prompt (the group of the baseline), >= 2
+    mini_batch_size: int | None = None  # samples per optimizer step; None: the whole batch, one step per epoch
+    micro_batch_size: int = 8  # samples per forward/backward (gradient accumulation): bounds memory only
+    ppo_epochs: int = 1  # passes over each batch (ratio != 1 only from the second optimizer step on)
+    max_new_tokens: int = 64
+    max_prompt_length: int = 256  # prompts longer than this (in tokens) are left out
+    temperature: float = 0.7  # sampling temperature; training logits are divided by it too
+    beta: float = 0.05  # KL coefficient
+    kl_in: str | None = None  # "reward" or "loss"; None: the estimator's default (KL_PLACEMENT)
+    clip_eps: float = 0.2  # policy ratio clip
+    no_eos_penalty: float = 1.0  # subtracted from the score of a response cut off without EOS
+    max_grad_norm: float = 1.0
+    anneal_lr: bool = True  # linear decay to 0 over the updates
+    rm_max_length: int = 512  # tokens of prompt‖response the reward model reads
+    seed: int = 0
+    dtype: str = "float32"  # or "bfloat16" (autocast; fast on GPUs, slow on most CPUs)
+    threads: int | None = None  # torch CPU threads (None: leave as is)
+    log_every: int = 1
+    eval_every: int | None = None  # updates between held-out evaluations (always at the end)
+    checkpoint_every: int | None = 5  # updates; None/0: no checkpoints
+    out_dir: str = "runs/online"
+    stop_after: int | None = None  # testing hook: return after this many updates as if killed
+
+
+@dataclass
+class OnlineResult:
+    model: object  # the trained policy (LoRA merged when saved)
+    tokenizer: object
+    metrics: dict
+    updates: int
+    out_dir: Path
+    model_dir: Path | None  # None when stopped early (stop_after)
+    completed: bool
+
+
+@dataclass
+class Samples:
+    """One batch: groups of k consecutive samples per prompt; P = prompt width, T = response width."""
+
+    prompts: list[Prompt]  # (B,) prompt of each sample, group order
+    texts: list[str]  # decoded responses (EOS not included)
+    finished: torch.Tensor  # (B,) bool: ended with EOS
+    input_ids: torch.Tensor  # (B, P + T) prompt (left-padded) ‖ response incl. EOS (right-padded)
+    attention_mask: torch.Tensor  # (B, P + T)
+    mask: torch.Tensor  # (B, T) bool: real response tokens
+    logprobs: torch.Tensor  # (B, T) policy before the update, logits / temperature
+    raw_logprobs: torch.Tensor  # (B, T) the same from raw logits (reporting)
+    ref_logprobs: torch.Tensor  # (B, T) reference, logits / temperature
+    ref_raw_logprobs: torch.Tensor  # (B, T) reference, raw logits (reporting)
+    scores: torch.Tensor  # (B,) reward of each response, no-EOS penalty applied
+    rm_scores: torch.Tensor  # (B,) reward before the penalty
+
+    @property
+    def width(self) -> int:
+        return self.input_ids.shape[1] - self.mask.shape[1]
+
+    def kl(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(k1, k3) per sequence (B,), nats, summed over response tokens, from the raw logits."""
+        k1 = torch.where(self.mask, self.raw_logprobs - self.ref_raw_logprobs, 0.0).sum(-1)
+        k3 = torch.where(self.mask, kl_k3(self.raw_logprobs, self.ref_raw_logprobs), 0.0).sum(-1)
+        return k1, k3
+
+
+def group_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, width: int, k: int) -> torch.Tensor:
+    """`response_logits` (B, T, V) for rows in groups of k that share their prompt: each prompt runs once
+    and its keys/values serve its k responses (gradients flow back through them), which saves (k-1)/k
+    of the prompt's forward and backward. Equal to response_logits up to float rounding."""
+    if k == 1:
+        return response_logits(model, input_ids, attention_mask, width)[0]
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft -> HF model
+    backbone = getattr(inner, inner.base_model_prefix)
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)  # (B, P + T)
+    head = backbone(input_ids=input_ids[::k, :width], attention_mask=attention_mask[::k, :width],
+                    position_ids=positions[::k, :width], use_cache=True)  # B / k prompts
+    cache = head.past_key_values
+    cache.batch_repeat_interleave(k)  # (B / k, ...) -> (B, ...), differentiable
+    hidden = backbone(input_ids=input_ids[:, width:], attention_mask=attention_mask, position_ids=positions[:, width:],
+                      past_key_values=cache, use_cache=True).last_hidden_state  # (B, T, D)
+    first = head.last_hidden_state[:, -1:].repeat_interleave(k, 0)  # (B, 1, D) predicts response token 0
+    return inner.get_output_embeddings()(torch.cat([first, hidden[:, :-1]], 1))  # (B, T, V)
+
+
+class ResponseLogits(torch.nn.Module):
+    """The policy behind one forward returning response logits (B, T, V), so DDP/FSDP wrap the call that trains."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, width: int, k: int = 1):
+        return group_logits(self.model, input_ids, attention_mask, width, k)
+
+
+def check(cfg: OnlineConfig) -> str:
+    """Refuse settings that cannot work; returns the KL placement."""
+    if cfg.estimator not in ESTIMATORS:
+        raise TetherError(f"online: unknown estimator '{cfg.estimator}'; choose one of {', '.join(ESTIMATORS)}")
+    kl_in = cfg.kl_in or KL_PLACEMENT[cfg.estimator]
+    if kl_in not in ("reward", "loss"):
+        raise TetherError(f"{cfg.estimator}: kl_in must be 'reward' or 'loss', not '{kl_in}'")
+    if cfg.k < 2:
+        raise TetherError(f"{cfg.estimator}: k (samples per prompt) must be at least 2 for a group baseline, got {cfg.k}")
+    if cfg.prompts_per_update < 1 or cfg.micro_batch_size < 1 or cfg.ppo_epochs < 1:
+        raise TetherError(f"{cfg.estimator}: prompts_per_update, micro_batch_size and ppo_epochs must be >= 1")
+    batch = cfg.prompts_per_update * cfg.k
+    if cfg.mini_batch_size is not None and (cfg.mini_batch_size < 1 or batch % cfg.mini_batch_size):
+        raise TetherError(f"{cfg.estimator}: mini_batch_size ({cfg.mini_batch_size}) must divide prompts_per_update "
+                          f"* k ({batch})")
+    if cfg.temperature <= 0:
+        raise TetherError(f"{cfg.estimator}: temperature must be > 0 (online RL needs sampled responses)")
+    if cfg.beta < 0:
+        raise TetherError(f"{cfg.estimator}: beta must be >= 0, got {cfg.beta}")
+    return kl_in
+
+
+def train(cfg: OnlineConfig, prompts: list[Prompt], reward_fn: RewardFn | None = None,
+          eval_prompts: list[Prompt] | None = None, gold_fn: GoldFn | None = None,
+          resume: bool = False, show_progress: bool = True) -> OnlineResult:
+    """Optimise the policy with RLOO or GRPO; the result lands in out_dir/model (metrics.json/.jsonl, tb/).
+
+    The reward is `cfg.reward_model` (a tether RM, normalised ensemble mean) or `reward_fn(prompts,
+    responses, finished) -> floats`. `gold_fn(prompt_text, response, finished)`, when given, is logged
+    beside the reward and never trained on. `resume`: continue from out_dir/checkpoint (same prompts
+    and settings, else a TetherError) and end at the same update count."""
+    from accelerate.utils import set_seed
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from transformers import get_linear_schedule_with_warmup
+
+    # --- setup ----------------------------------------------------------------------------------
+    kl_in, name = check(cfg), cfg.estimator
+    if (reward_fn is None) == (cfg.reward_model is None):
+        raise TetherError(f"{name}: give exactly one reward: a reward model folder or a reward function")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    t0 = time.perf_counter()
+    accelerator = make_accelerator(cfg.dtype, name)
+    main, world, rank, device = (accelerator.is_main_process, accelerator.num_processes,
+                                 accelerator.process_index, accelerator.device)
+    out = Path(cfg.out_dir)
+    ckpt = out / "checkpoint"
+    set_seed(cfg.seed)
+    model, tok = models.load_policy(cfg.policy, lora=cfg.lora)
+    ref_model = None if cfg.lora else models.load_model(cfg.policy).to(device).requires_grad_(False)
+    rm = rm_tok = None
+    if cfg.reward_model is not None:
+        rm, rm_tok = reward.load_reward_model(cfg.reward_model)
+        rm = rm.to(device).requires_grad_(False)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    batch_size = cfg.prompts_per_update * cfg.k  # samples per update and process
+    mini = cfg.mini_batch_size or batch_size
+    one_step = cfg.ppo_epochs == 1 and mini == batch_size  # one optimizer step per batch: groups stay together
+
+    encoded = [models.encode_prompt(tok, p) for p in prompts]
+    keep = [i for i, ids in enumerate(encoded) if len(ids) <= cfg.max_prompt_length]
+    if not keep:
+        raise TetherError(f"{name}: no prompts of at most {cfg.max_prompt_length} tokens to train on")
+    prompts, encoded = [prompts[i] for i in keep], [encoded[i] for i in keep]
+    eval_prompts = [p for p in eval_prompts or [] if len(models.encode_prompt(tok, p)) <= cfg.max_prompt_length]
+
+    policy = ResponseLogits(model)
+    lr = cfg.lr or (1e-4 if cfg.lora else 1e-5)
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=lr, eps=1e-5)
+    scheduler = get_linear_schedule_with_warmup(optimizer, 0, cfg.updates if cfg.anneal_lr else 10**12)
+    policy, optimizer = accelerator.prepare(policy, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items()
+                if k not in ("threads", "log_every", "eval_every", "checkpoint_every", "out_dir", "stop_after",
+                             "micro_batch_size")}
+    fingerprint = hashlib.sha256(json.dumps([settings, encoded, world, getattr(reward_fn, "__name__", None)],
+                                            default=str).encode()).hexdigest()
+    update = 0
+    state = load_checkpoint_state(ckpt) if resume and main else None
+    if resume and world > 1:
+        state = accelerate_broadcast(state)
+    if state is not None:
+        if state["fingerprint"] != fingerprint:
+            raise TetherError(f"{name}: {ckpt} was written for other prompts or settings; remove it or run "
+                              "without --resume")
+        accelerator.load_state(str(ckpt))
+        update = state["update"]
+    if main and update == 0:
+        shutil.rmtree(ckpt, ignore_errors=True)
+    metrics_log = MetricsLog(out, update, main)
+
+    def score(ps: list[Prompt], texts: list[str], finished: list[bool]) -> torch.Tensor:
+        """Reward (B,) of the responses: the RM's normalised ensemble mean, or the function's values."""
+        if rm is not None:
+            with accelerator.autocast():
+                r = reward.score_texts(rm, rm_tok, list(zip(ps, texts, finished)), cfg.micro_batch_size,
+                                       cfg.rm_max_length)  # (B, H)
+            return reward.ensemble_stats(r)[0]
+        values = list(reward_fn(ps, texts, finished))
+        if len(values) != len(texts) or not all(math.isfinite(float(v)) for v in values):
+            raise TetherError(f"{name}: the reward function must return {len(texts)} finite numbers, got {values[:4]}...")
+        return torch.tensor([float(v) for v in values], dtype=torch.float32)
+
+    @torch.no_grad()
+    def collect(batch: list[Prompt], ids: list[list[int]], seed: int, k: int = 1) -> Samples:
+        """Sample one response per row (rows keep their order; groups of k share a prompt); the policy's
+        log-probs come from the decoding itself (float32), so the only extra no-grad pass is the reference's."""
+        inner = accelerator.unwrap_model(policy).model
+        reuse = cfg.dtype == "float32"  # under autocast, recompute them as training will see them
+        gens = [g for b in rollout.generate(inner, tok, list(enumerate(ids)), temperature=cfg.temperature,
+                                            max_new_tokens=cfg.max_new_tokens, batch_size=len(ids), seed=seed,
+                                            with_states=reuse) for g in b]
+        gens.sort(key=lambda g: g.key)  # generation sorts by prompt length; groups stay consecutive
+        responses = [g.token_ids + ([g.stop_token] if g.finished else []) for g in gens]
+        input_ids, attention, mask = pack(ids, responses, pad)
+        B, T = mask.shape
+        width = input_ids.shape[1] - T
+        labels = input_ids[:, width:]  # (B, T)
+        cols = {c: torch.zeros((B, T)) for c in ("lp", "raw", "ref", "ref_raw")}
+        if reuse:
+            for row, g in enumerate(gens):
+                cols["lp"][row, :g.num_tokens], cols["raw"][row, :g.num_tokens] = g.logprobs, g.logprobs_raw
+        step = max(1, cfg.micro_batch_size // k) * k  # whole groups
+        for s in range(0, B, step):
+            sl = slice(s, s + step)
+            x, a, y = input_ids[sl].to(device), attention[sl].to(device), labels[sl].to(device)
+            with accelerator.autocast():
+                if ref_model is not None:
+                    ref_logits = group_logits(ref_model, x, a, width, k)  # (b, T, V)
+                else:
+                    with inner.disable_adapter():
+                        ref_logits = group_logits(inner, x, a, width, k)
+            cols["ref"][sl] = logprobs_from_logits(ref_logits.float() / cfg.temperature, y).cpu()
+            cols["ref_raw"][sl] = logprobs_from_logits(ref_logits.float(), y).cpu()
+            if not reuse:
+                logits = policy(x, a, width, k).float()  # (b, T, V)
+                cols["lp"][sl] = logprobs_from_logits(logits / cfg.temperature, y).cpu()
+                cols["raw"][sl] = logprobs_from_logits(logits, y).cpu()
+        texts, finished = [g.text for g in gens], [g.finished for g in gens]
+        rm_scores = score(batch, texts, finished)
+        fin = torch.tensor(finished)
+        scores = rm_scores - cfg.no_eos_penalty * (~fin).float()  # (B,)
+        return Samples(list(batch), texts, fin, input_ids, attention, mask, cols["lp"], cols["raw"], cols["ref"],
+                       cols["ref_raw"], scores, rm_scores)
+
+    def golds(ro: Samples) -> list[float]:
+        return [gold_fn(prompt_text(p), t, bool(f)) for p, t, f in zip(ro.prompts, ro.texts, ro.finished)]
+
+    def evaluate() -> dict:
+        """Held-out prompts, one sample each at the training temperature: reward, gold, KL, length, EOS."""
+        if not eval_prompts:
+            return {}
+        ids = [models.encode_prompt(tok, p) for p in eval_prompts]
+        ros = [collect(eval_prompts[s:s + batch_size], ids[s:s + batch_size], cfg.seed + 1_000_003 + s)
+               for s in range(0, len(ids), batch_size)]
+        n = len(ids)
+        res = {"eval_reward": sum(float(r.rm_scores.sum()) for r in ros) / n,
+               "eval_kl": sum(float(r.kl()[0].sum()) for r in ros) / n,
+               "eval_length": sum(float(r.mask.sum()) for r in ros) / n,
+               "eval_eos": sum(float(r.finished.sum()) for r in ros) / n, "eval_prompts": n}
+        if gold_fn is not None:
+            res["eval_gold"] = sum(sum(golds(r)) for r in ros) / n
+        return res
+
+    # --- loop -----------------------------------------------------------------------------------
+    columns = [TextColumn(name), BarColumn(), MofNCompleteColumn(), TextColumn("reward {task.fields[r]}"),
+               TextColumn("kl {task.fields[kl]}"), TimeElapsedColumn()]
+    estimator = ESTIMATORS[name]
+    mb_gen = torch.Generator().manual_seed(cfg.seed)
+    with Progress(*columns, disable=not (show_progress and main)) as bar:
+        task = bar.add_task(name, total=cfg.updates, completed=update, r="-", kl="-")
+        while update < cfg.updates:
+            t_update = time.perf_counter()
+            idx = prompt_order(len(prompts), cfg.prompts_per_update, update, rank, world, cfg.seed)
+            idx = [i for i in idx for _ in range(cfg.k)]  # k consecutive samples per prompt, as the estimators expect
+            ro = collect([prompts[i] for i in idx], [encoded[i] for i in idx],
+                         rollout.batch_seed(cfg.seed, update * world + rank), cfg.k)
+            t_sample = time.perf_counter() - t_update
+
+            rewards = ro.scores  # (B,)
+            if kl_in == "reward":  # RLOO: r = score - beta * sum_t k1_t (logits / temperature), then the baseline
+                rewards = rewards - cfg.beta * torch.where(ro.mask, ro.logprobs - ro.ref_logprobs, 0.0).sum(-1)
+            advantages = estimator(rewards, cfg.k)  # (B,) one advantage per sequence
+
+            mb_gen.manual_seed(cfg.seed * 1_000_003 + update)  # minibatch order reproducible on resume
+            if one_step:  # micro-batches of whole groups, in order: each prompt runs once for its k responses
+                steps = [torch.arange(batch_size).split(max(1, cfg.micro_batch_size // cfg.k) * cfg.k)]
+            else:
+                steps = [mb.split(cfg.micro_batch_size) for _ in range(cfg.ppo_epochs)
+                         for mb in torch.randperm(batch_size, generator=mb_gen).split(mini)]
+            stats: dict[str, list[float]] = {}
+            for micros in steps:  # one optimizer step each
+                n_tok = ro.mask[torch.cat(micros)].sum().clamp_min(1)  # tokens in this optimizer step
+                for micro in micros:
+                    x, a, width, t = trim(ro, micro)
+                    logits = policy(x.to(device), a.to(device), width, cfg.k if one_step else 1).float()  # (b, t, V)
+                    y = ro.input_ids[micro, ro.width:ro.width + t].to(device)  # (b, t)
+                    m = ro.mask[micro, :t].to(device)  # (b, t)
+                    scaled = logits / cfg.temperature  # (b, t, V)
+                    new_lp = logprobs_from_logits(scaled, y)  # (b, t)
+                    adv = advantages[micro].to(device).unsqueeze(1).expand(-1, t)  # (b, t) broadcast
+                    pg, pg_stats = ppo_policy_loss(new_lp, ro.logprobs[micro, :t].to(device), adv, m,
+                                                   cfg.clip_eps)  # token mean over the micro-batch
+                    share = m.sum() / n_tok.to(device)  # -> token mean over the optimizer step
+                    lp_m = torch.where(m, new_lp, 0.0)  # padding zeroed before exp (no inf * 0)
+                    ref_m = torch.where(m, ro.ref_logprobs[micro, :t].to(device), 0.0)
+                    k3 = masked_mean(kl_k3(lp_m, ref_m), m)  # () GRPO eq. 4, logits / temperature
+                    loss = (pg + cfg.beta * k3 if kl_in == "loss" else pg) * share  # GRPO eq. 3: + beta * D_KL
+                    accelerator.backward(loss)
+                    entropy = masked_mean(entropy_from_logits(scaled.detach()), m)
+                    for k, v in [("policy_loss", pg), ("kl_loss", k3), ("entropy", entropy)] + list(pg_stats.items()):
+                        stats.setdefault(k, []).append(float(v.detach()))
+                grad_norm = accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                stats.setdefault("grad_norm", []).append(float(grad_norm))
+            lr_now = scheduler.get_last_lr()[0]
+            scheduler.step()
+            update += 1
+            if not all(math.isfinite(v) for v in stats["policy_loss"] + stats["grad_norm"]):
+                raise TetherError(f"{name}: the loss became non-finite at update {update}; try a lower lr or float32")
+
+            k1, k3 = ro.kl()  # (B,), (B,)
+            spread = ro.scores.view(-1, cfg.k)  # (G, k) the score each group's baseline sees (before any KL)
+            record = {"step": update, "reward": float(ro.rm_scores.mean()), "reward_std": float(ro.rm_scores.std()),
+                      "score": float(ro.scores.mean()), "kl": float(k1.mean()), "kl_k3": float(k3.mean()),
+                      "beta": cfg.beta, "advantage_abs": float(advantages.abs().mean()),
+                      "zero_std_groups": float((spread.max(1).values == spread.min(1).values).float().mean()),
+                      "length": float(ro.mask.sum(-1).float().mean()), "eos": float(ro.finished.float().mean()),
+                      "lr": lr_now, "sample_seconds": t_sample, "seconds": time.perf_counter() - t0,
+                      "samples_per_s": batch_size * world / (time.perf_counter() - t_update)}
+            if kl_in == "reward":
+                record["non_score_reward"] = float((rewards - ro.scores).mean())
+            record |= {k: sum(v) / len(v) for k, v in stats.items()}
+            if gold_fn is not None:
+                record["gold"] = sum(golds(ro)) / len(ro.texts)
+            if update % cfg.log_every == 0 or update == cfg.updates:
+                metrics_log.log(record)
+            bar.update(task, completed=update, r=f"{record['reward']:.3f}", kl=f"{record['kl']:.2f}")
+            if cfg.eval_every and update % cfg.eval_every == 0 and update < cfg.updates:
+                metrics_log.log({"step": update} | evaluate())
+            if cfg.checkpoint_every and update % cfg.checkpoint_every == 0 and update < cfg.updates:
+                save_checkpoint(accelerator, ckpt, {"update": update, "fingerprint": fingerprint})
+            if cfg.stop_after and update >= cfg.stop_after and update < cfg.updates:  # simulated crash
+                metrics_log.close()
+                return OnlineResult(accelerator.unwrap_model(policy).model, tok, {}, update, out, None, False)
+
+    # --- save -----------------------------------------------------------------------------------
+    optimizer.state.clear()  # Adam's moments are not needed any more: free them before evaluating and saving
+    metrics = evaluate()
+    inner = accelerator.unwrap_model(policy).model
+    model_dir = out / "model"
+    if main:
+        models.save_model(inner, tok, model_dir)
+    accelerator.wait_for_everyone()
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1]) if main else {}
+    metrics |= {"updates": update, "seconds": time.perf_counter() - t0, "config": dataclasses.asdict(cfg),
+                "kl_in": kl_in, "last": last, "prompts": len(prompts)}
+    if main:
+        if eval_prompts:
+            metrics_log.log({"step": update} | {k: v for k, v in metrics.items() if k.startswith("eval_")})
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+        shutil.rmtree(ckpt, ignore_errors=True)  # the run is complete: out_dir/model replaces it
+        if show_progress:
+            bar.console.print(f"policy: {model_dir} (metrics: {out / 'metrics.json'})", markup=False, soft_wrap=True)
+    metrics_log.close()
+    return OnlineResult(inner, tok, metrics, update, out, model_dir, True)
