@@ -174,7 +174,7 @@ def run_trl(args, prompts) -> dict:
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
     from tether.models import encode_prompt
-    from tether.recipes.ppo import prompt_order
+    from tether.recipes.common import prompt_order
 
     tok = AutoTokenizer.from_pretrained(args.policy, padding_side="left")
     ids = [encode_prompt(tok, p) for p in prompts]  # the same prompt tokens tether trains on

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from tether.errors import TetherError
-from tether.recipes.ppo import PPOConfig, prompt_order, train
+from tether.recipes.common import prompt_order
+from tether.recipes.ppo import PPOConfig, train
 from tether.rollout import pack, response_logits
 
 PROMPTS = ["say a color", "the sky is", "name a color please", "the sea is", "a cat is", "the tree is",

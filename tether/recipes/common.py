@@ -7,12 +7,18 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from tether.errors import TetherError
+
+Prompt = str | list[dict]  # raw text, or chat messages ending with the user's turn
+RewardFn = Callable[[list[Prompt], list[str], list[bool]], list[float]]  # (prompts, responses, finished)
+GoldFn = Callable[[str, str, bool], float]  # (prompt text, response, finished) -> score
 
 
 def make_accelerator(dtype: str, stage: str):
@@ -99,3 +105,23 @@ class MetricsLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def prompt_order(n: int, batch: int, update: int, rank: int, world: int, seed: int) -> list[int]:
+    """Prompt indices for one update on one process: an endless stream of seeded permutations of the
+    n prompts (a fresh shuffle per pass), cut into batches; the same on a resumed run."""
+    start = (update * world + rank) * batch
+    out = []
+    for pos in range(start, start + batch):
+        epoch, i = divmod(pos, n)
+        out.append(random.Random(seed * 7919 + epoch).sample(range(n), n)[i])
+    return out
+
+
+def accelerate_broadcast(obj):
+    """Send the main process's Python object to every process."""
+    from accelerate.utils import broadcast_object_list
+
+    box = [obj]
+    broadcast_object_list(box)
+    return box[0]

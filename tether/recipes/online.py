@@ -53,8 +53,9 @@ from tether.algos.kl import kl_k3
 from tether.algos.losses import entropy_from_logits, logprobs_from_logits, ppo_policy_loss
 from tether.errors import TetherError
 from tether.models import prompt_text
-from tether.recipes.common import MetricsLog, load_checkpoint_state, make_accelerator, save_checkpoint
-from tether.recipes.ppo import GoldFn, Prompt, RewardFn, accelerate_broadcast, prompt_order, trim
+from tether.recipes.common import (GoldFn, MetricsLog, Prompt, RewardFn, accelerate_broadcast, load_checkpoint_state,
+                                   make_accelerator, prompt_order, save_checkpoint)
+from tether.recipes.ppo import trim
 from tether.rollout import pack, response_logits
 
 ESTIMATORS = {"rloo": rloo_advantages, "grpo": grpo_advantages}  # name -> f(rewards (B,), k) -> (B,)

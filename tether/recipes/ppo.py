@@ -33,12 +33,10 @@ import dataclasses
 import hashlib
 import json
 import math
-import random
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -49,11 +47,9 @@ from tether.algos.advantages import gae, kl_penalty_rewards, masked_mean, masked
 from tether.algos.kl import AdaptiveKLController, FixedKLController, kl_k3
 from tether.algos.losses import entropy_from_logits, logprobs_from_logits, ppo_policy_loss, value_loss
 from tether.errors import TetherError
-from tether.recipes.common import MetricsLog, load_checkpoint_state, make_accelerator, save_checkpoint
+from tether.recipes.common import (GoldFn, MetricsLog, Prompt, RewardFn, accelerate_broadcast, load_checkpoint_state,
+                                   make_accelerator, prompt_order, save_checkpoint)
 
-Prompt = str | list[dict]
-RewardFn = Callable[[list[Prompt], list[str], list[bool]], list[float]]  # (prompts, responses, finished)
-GoldFn = Callable[[str, str, bool], float]  # (prompt text, response, finished) -> score
 
 
 @dataclass
@@ -152,17 +148,6 @@ def trim(ro: Rollout, idx: torch.Tensor):
     first = int(attn[:, :ro.width].any(0).long().argmax())  # first prompt column anyone uses
     t = int(mask.any(0).nonzero().max()) + 1
     return ro.input_ids[idx, first:ro.width + t], attn[:, first:ro.width + t], ro.width - first, t
-
-
-def prompt_order(n: int, batch: int, update: int, rank: int, world: int, seed: int) -> list[int]:
-    """Prompt indices for one update on one process: an endless stream of seeded permutations of the
-    n prompts (a fresh shuffle per pass), cut into batches; the same on a resumed run."""
-    start = (update * world + rank) * batch
-    out = []
-    for pos in range(start, start + batch):
-        epoch, i = divmod(pos, n)
-        out.append(random.Random(seed * 7919 + epoch).sample(range(n), n)[i])
-    return out
 
 
 def train(cfg: PPOConfig, prompts: list[Prompt], reward_fn: RewardFn | None = None,
@@ -409,12 +394,3 @@ def train(cfg: PPOConfig, prompts: list[Prompt], reward_fn: RewardFn | None = No
             bar.console.print(f"policy: {model_dir} (metrics: {out / 'metrics.json'})", markup=False, soft_wrap=True)
     metrics_log.close()
     return PPOResult(inner, tok, metrics, update, out, model_dir, True)
-
-
-def accelerate_broadcast(obj):
-    """Send the main process's Python object to every process."""
-    from accelerate.utils import broadcast_object_list
-
-    box = [obj]
-    broadcast_object_list(box)
-    return box[0]
