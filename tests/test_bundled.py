@@ -45,14 +45,3 @@ def test_sample_64_responses_into_postgres(tmp_path, fresh_pg_url):
     w = run_flow(tmp_path, "--database", url)
     assert w.database_url.startswith("postgresql+psycopg://") and not (w.root / "tether.db").exists()
     assert json.loads(json.dumps(w.store().counts()))["responses"] == 64
-
-
-def test_demo_runs_every_existing_stage(tmp_path):
-    """`tether demo` (what `make demo` runs), shrunk: prompts in, samples, simulated feedback, flags."""
-    r = runner.invoke(app, ["demo", "--dir", str(tmp_path / "demo"), "--prompts", "6", "--k", "3",
-                            "--max-new-tokens", "12"])
-    assert r.exit_code == 0, r.output
-    out = " ".join(r.output.split())
-    assert "18 new responses" in out and "weighted preference pairs" in out and "demo workspace:" in out
-    counts = open_workspace(tmp_path / "demo").store().counts()
-    assert counts["responses"] == 18 and counts["tasks"] == 48 and counts["labelers"] == 20

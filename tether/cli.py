@@ -284,71 +284,12 @@ def status(workspace: Path = WorkspaceOpt):
     console.print(Text(f"schema revision {store.revision()}; policy {ws.config.policy}; round {ws.config.round}"))
 
 
-@app.command()
-@user_errors
-def demo(directory: Path = typer.Option(Path("demo-workspace"), "--dir", help="Workspace folder for the demo."),
-         prompts: int = typer.Option(16, help="How many of the bundled prompts to use."),
-         k: int = typer.Option(4, "--k"), max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
-         fresh: bool = typer.Option(False, help="Delete the demo workspace first.")):
-    """The stages that exist so far, on the bundled model: init, import prompts, sample, simulated
-    feedback. (Train a reward model on it next with `tether rm --lora-r 16 -w DIR`.)"""
-    import json
-    import shutil
-    import tempfile
-    from importlib.resources import files
-
-    from tether.config import with_overrides
-    from tether.data.io import import_prompts as do_import
-    from tether.recipes import sample as recipe
-    from tether.workspace import init_workspace, open_workspace
-
-    quiet_transformers()
-    if fresh and directory.exists():
-        shutil.rmtree(directory)
-    ws = open_workspace(directory) if (directory / "tether.yaml").exists() else init_workspace(directory)
-    console.rule("1. prompts")
-    rows = [json.loads(r) for r in (files("tether") / "assets" / "prompts.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if r["split"] == "train"][:prompts]  # held-out prompts stay out of training
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "demo-prompts.jsonl"
-        path.write_text("\n".join(json.dumps({"prompt": r["prompt"]}) for r in rows) + "\n")
-        res = do_import(ws.store(), path, "train")
-    console.print(Text(f"{res.rows} prompts ({res.prompts_added} new) in {ws.database_url}"))
-    console.rule(f"2. sample {k} responses per prompt from the bundled model")
-    cfg = with_overrides(ws.config.sample, dict(k=k, max_new_tokens=max_new_tokens))
-    out = recipe.run(ws, cfg)
-    console.print(Text(f"{out.responses_added} new responses, {out.tokens_per_s:.1f} tokens/s" if out.responses_added
-                       else f"already sampled: {out.prompts_complete} prompts have {k} responses"))
-    store = ws.store()
-    console.rule("3. feedback from 20 simulated labelers (3 adversarial, 2 random)")
-    from tether.feedback.collect import collect_pairs
-    from tether.feedback.simulate import SimulationConfig, simulate_feedback
-
-    if store.counts()["tasks"] == 0:
-        console.print(Text(f"stored: {counts_text(simulate_feedback(store, SimulationConfig(items=8 * prompts)))}"))
-    collected = collect_pairs(store)
-    for f in collected.flags:
-        console.print(Text(f"flagged labeler {collected.labelers[f.labeler]}: {f.reason} ({f.value:.2f} over {f.n})"))
-    console.print(Text(f"{len(collected.pairs)} weighted preference pairs for a reward model "
-                       f"({collected.n_ties} ties, {collected.n_cant_tell} can't-tell)"))
-    console.rule("4. what the workspace holds")
-    counts = store.counts()
-    console.print(Text(", ".join(f"{v} {k}" for k, v in counts.items() if v)))
-    from sqlalchemy import select
-
-    from tether.data import schema as S
-    with store.session() as s:
-        shown = s.execute(select(S.Prompt.text, S.Response.text, S.Response.finished)
-                          .join(S.Response).order_by(S.Response.id).limit(3)).all()
-    for p, r, fin in shown:
-        console.print(Text("prompt: ", style="bold") + Text(p))
-        console.print(Text("response: ", style="bold") + Text(r) + Text("" if fin else " [cut off]", style="dim"))
-    console.print(Text(f"demo workspace: {ws.root}  (next: `tether rm --lora-r 16 -w {directory}`, "
-                       f"then `tether score -w {directory}`)"))
-
-
+from tether.commands.control import control  # noqa: E402
 from tether.commands.dpo import dpo  # noqa: E402
 from tether.commands.evaluate import bon, evaluate  # noqa: E402
+from tether.commands.judge import judge  # noqa: E402
+from tether.commands.loop import demo, loop  # noqa: E402
+from tether.commands.report import report  # noqa: E402
 from tether.commands.online import grpo, rloo  # noqa: E402
 from tether.commands.ppo import ppo  # noqa: E402
 from tether.commands.sft import sft  # noqa: E402
@@ -360,6 +301,11 @@ app.command()(rloo)
 app.command()(grpo)
 app.command("eval")(evaluate)
 app.command()(bon)
+app.command()(loop)
+app.command()(demo)
+app.command()(judge)
+app.command()(report)
+app.command()(control)
 
 
 def main() -> None:

@@ -59,7 +59,8 @@ class Base(DeclarativeBase):
 TASK_KINDS = ("pairwise", "rank", "rating", "thumbs", "flaws", "critique", "ab_eval")
 COMPARISON_CHOICES = ("a", "b", "tie", "cant_tell")
 LABELER_ROLES = ("labeler", "admin", "simulated", "ai_judge", "import")
-RESPONSE_SOURCES = ("sample", "import", "demonstration", "rewrite")
+RESPONSE_SOURCES = ("sample", "import", "demonstration", "rewrite", "clip")  # clip: a control agent's trajectory
+CONTROL_SPLIT = "control"  # prompts standing for a control environment + behaviour (`tether control`)
 
 
 class Prompt(Base):

@@ -74,7 +74,14 @@ def collect_pairs(store: Store, rounds: list[int] | None = None, kinds: tuple[st
         ratings = rows(S.Rating) if "rating" in kinds else []
         thumbs = rows(S.Thumb) if "thumb" in kinds else []
         prompt_of = dict(s.execute(select(S.Response.id, S.Response.prompt_id)).all())
+        # feedback on control clips (`tether control`) trains the control reward, never a language model's
+        clips = set(s.scalars(select(S.Response.id).join(S.Prompt).where(S.Prompt.split == S.CONTROL_SPLIT)))
         names = dict(s.execute(select(S.Labeler.id, S.Labeler.name)).all())
+    if clips:
+        comparisons = [c for c in comparisons if c.response_a_id not in clips]
+        rankings = [r for r in rankings if r.response_ids[0] not in clips]
+        ratings = [r for r in ratings if r.response_id not in clips]
+        thumbs = [t for t in thumbs if t.response_id not in clips]
 
     out = CollectedPairs([], labelers=names)
     labels, durations = _pair_labels(comparisons, rankings)

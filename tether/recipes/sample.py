@@ -48,7 +48,9 @@ def set_threads(threads: int | None) -> int:
 
 
 def run(ws: Workspace, cfg: SampleConfig, policy: str | None = None, round: int | None = None,
-        model=None, tokenizer=None, show_progress: bool = True) -> SampleResult:
+        model=None, tokenizer=None, show_progress: bool = True, prompt_ids: list[int] | None = None) -> SampleResult:
+    """Top each prompt of the split (or only those in `prompt_ids`) up to `cfg.k` responses from `policy`
+    in `round`; returns what was added."""
     policy = policy or ws.config.policy
     round = ws.config.round if round is None else round
     threads = set_threads(ws.config.threads)
@@ -59,6 +61,10 @@ def run(ws: Workspace, cfg: SampleConfig, policy: str | None = None, round: int 
         q = select(S.Prompt.id, S.Prompt.text, S.Prompt.messages).order_by(S.Prompt.id)
         if cfg.split is not None:
             q = q.where(S.Prompt.split == cfg.split)
+        else:  # every split but the control environments' stand-in prompts
+            q = q.where(S.Prompt.split != S.CONTROL_SPLIT)
+        if prompt_ids is not None:
+            q = q.where(S.Prompt.id.in_(prompt_ids))
         prompts = s.execute(q).all()
         have = dict(s.execute(
             select(S.Response.prompt_id, func.count()).where(S.Response.round == round, S.Response.policy == policy,
