@@ -1,0 +1,65 @@
+"""Clip comparisons in the workspace database, beside language-model feedback, with no new tables:
+
+- one Prompt per (environment, behaviour), split "control", e.g. text "control: Pendulum-v1 / spin_clockwise";
+- one Response per labelled clip (source "sample", policy "control:<run folder>"), whose ``sampling``
+  JSON describes the clip: ``{"kind": "control_clip", "env_id", "file", "clip", "env_index",
+  "start_step", "length", "iteration"}``; the arrays (reward-net inputs, simulator states for video)
+  live in ``file`` (a ``clips.npz`` in the run folder, relative to the workspace) at index ``clip``;
+- one Comparison per answer, by the labeler (role "simulated" for the synthetic one), ``meta`` holding
+  the true returns the synthetic labeler saw and the selection's disagreement score.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from tether.data import schema as S
+from tether.data.store import Store
+
+SPLIT = S.CONTROL_SPLIT  # keeps clip feedback out of language-model training (tether.feedback.collect)
+
+
+def store_comparisons(store: Store, *, env_id: str, behaviour: str, run_name: str, run_id: int | None,
+                      clips_file: str, fragment_length: int, clip_info: dict[int, dict],
+                      pairs: list[tuple[int, int, str, dict]], labeler: str, labeler_role: str = "simulated",
+                      round: int = 0, known: dict[int, int] | None = None) -> dict[int, int]:
+    """Store ``pairs`` (clip index a, clip index b, choice, meta) and the clips they name.
+
+    ``clip_info[k]`` has the clip's env_index, start_step and iteration; ``known`` maps clip indices
+    already stored to their response ids (updated and returned, so a clip is stored once)."""
+    known = dict(known or {})
+    with store.session() as s:
+        prompt, _ = Store.get_or_add_prompt(s, f"control: {env_id} / {behaviour}", None, split=SPLIT,
+                                            source="tether control",
+                                            meta={"kind": "control", "env_id": env_id, "behaviour": behaviour})
+        lab = Store.labeler(s, labeler, role=labeler_role)
+        for a, b, _, _ in pairs:
+            for k in (a, b):
+                if k in known:
+                    continue
+                info = clip_info[k]
+                r = S.Response(prompt_id=prompt.id, source="clip", policy=f"control:{run_name}", round=round,
+                               text=f"{env_id} clip {k}: env {info['env_index']}, steps {info['start_step']}-"
+                                    f"{info['start_step'] + fragment_length - 1}",
+                               sampling={"kind": "control_clip", "env_id": env_id, "file": clips_file, "clip": int(k),
+                                         "length": fragment_length, **info},
+                               num_tokens=fragment_length, finished=True, run_id=run_id)
+                s.add(r)
+                s.flush()
+                known[k] = r.id
+        for a, b, choice, meta in pairs:
+            s.add(S.Comparison(labeler_id=lab.id, response_a_id=known[a], response_b_id=known[b], choice=choice,
+                               round=round, meta=meta))
+    return known
+
+
+def forget_after(store: Store, run_name: str, iteration: int) -> int:
+    """Delete the clips (and, by cascade, the comparisons) that run ``run_name`` stored after
+    ``iteration``: what a run killed after writing them but before its checkpoint left behind.
+    Returns how many clips were deleted."""
+    with store.session() as s:
+        rows = s.scalars(select(S.Response).where(S.Response.policy == f"control:{run_name}")).all()
+        gone = [r for r in rows if (r.sampling or {}).get("iteration", -1) > iteration]
+        for r in gone:
+            s.delete(r)
+    return len(gone)
