@@ -150,3 +150,16 @@ def test_cli_loop_and_demo(ws, tiny_model_dir, tmp_path):
     assert r.exit_code == 0, r.output
     assert "already done" in r.output
     assert len(list((demo_dir / "runs").glob("sft-*"))) == 1
+
+
+def test_mix_feedback_adds_the_ai_judge_on_the_simulated_pairwise_tasks(ws, tiny_model_dir):
+    res = loop.run(ws, _small(rounds=1, feedback="mix", judge_model=str(tiny_model_dir), items=6),
+                   say=lambda line: None)
+    fb = res.state["rounds"][0]["feedback"]
+    assert sum(fb["labels"].values()) > 0 and fb["judge"]["tasks"] > 0
+    with ws.store().session() as s:
+        pairwise = s.execute(select(func.count()).select_from(S.Task).where(S.Task.kind == "pairwise",
+                                                                             S.Task.round == 0)).scalar()
+        judged = s.execute(select(func.count()).select_from(S.Comparison).join(S.Labeler).where(
+            S.Labeler.role == "ai_judge", S.Comparison.round == 0)).scalar()
+    assert judged == pairwise == fb["judge"]["tasks"]

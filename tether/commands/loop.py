@@ -25,7 +25,13 @@ from tether.errors import TetherError
 def loop(rounds: int = typer.Option(2, help="Rounds of sample -> feedback -> reward model -> policy -> eval."),
          algorithm: str = typer.Option("ppo", help="Policy stage: ppo, rloo, grpo or dpo."),
          feedback: str = typer.Option("simulated", help="Who labels: simulated (labelers judged by the hidden "
-                                      "gold scorer)."),
+                                      "gold scorer), judge (an AI judge on same-prompt pairs) or mix (both: the "
+                                      "judge also answers the simulated labelers' pairwise tasks)."),
+         judge_url: Optional[str] = typer.Option(None, "--judge-url", help="AI judge: an OpenAI-compatible endpoint "
+                                                 "(default: a local HF model)."),
+         judge_model: Optional[str] = typer.Option(None, "--judge-model", help="AI judge: the local model (default: "
+                                                   "bundled) or the endpoint's model name."),
+         judge_rubric: Optional[Path] = typer.Option(None, "--judge-rubric", help="AI judge: rubric text file."),
          k: int = typer.Option(4, "--k", help="Answers sampled per training prompt each round."),
          prompts_per_round: Optional[int] = typer.Option(None, "--prompts-per-round", help="Training prompts sampled "
                                                          "and labeled each round, a fresh draw (default: all)."),
@@ -51,7 +57,8 @@ def loop(rounds: int = typer.Option(2, help="Rounds of sample -> feedback -> rew
     from tether.workspace import open_workspace
 
     quiet_transformers()
-    cfg = recipe.LoopConfig(rounds=rounds, algorithm=algorithm, feedback=feedback, k=k, prompts_per_round=prompts_per_round,
+    cfg = recipe.LoopConfig(rounds=rounds, algorithm=algorithm, feedback=feedback, judge_url=judge_url,
+                            judge_model=judge_model, judge_rubric=str(judge_rubric) if judge_rubric else None, k=k, prompts_per_round=prompts_per_round,
                             items=items, overlap=overlap,
                             rm_train_layers=rm_train_layers or None, rm_heads=rm_heads, updates=updates,
                             batch_size=batch_size, kl_coef=kl_coef, lr=lr, lora_r=lora_r,

@@ -3,8 +3,8 @@
 Each round learns from the last (InstructGPT, Ouyang et al. 2022, sec. 3.5; Llama 2's iterated RLHF):
 
 1. **sample** `k` answers per training prompt from the current policy, tagged with the round;
-2. **feedback** on them: simulated labelers judged by the hidden gold scorer (more kinds of feedback
-   plug in here);
+2. **feedback** on them: simulated labelers judged by the hidden gold scorer, an AI judge (RLAIF) on
+   same-prompt pairs, or both (the judge also answers the simulated labelers' pairwise tasks);
 3. **reward model** retrained from the starting model on *all* feedback so far, its rewards
    normalised on this round's samples (the policy it will be used on);
 4. **policy**: PPO, RLOO, GRPO (against that reward model, KL to the round's starting policy) or DPO
@@ -32,7 +32,7 @@ from tether.errors import TetherError
 from tether.workspace import Workspace
 
 ALGORITHMS = ("ppo", "rloo", "grpo", "dpo")
-FEEDBACK = ("simulated",)
+FEEDBACK = ("simulated", "judge", "mix")  # mix: simulated labelers, and the judge answers their pairwise tasks too
 STEPS = ("sample", "feedback", "rm", "policy", "eval")
 
 
@@ -41,6 +41,9 @@ class LoopConfig:
     rounds: int = 2
     algorithm: str = "ppo"  # one of ALGORITHMS
     feedback: str = "simulated"  # one of FEEDBACK
+    judge_url: str | None = None  # judge / mix: an OpenAI-compatible endpoint; None: a local HF model
+    judge_model: str | None = None  # the local judge model (default: the bundled one) or the endpoint's model name
+    judge_rubric: str | None = None  # a rubric file (default: the built-in rubric)
     # sampling for feedback
     k: int = 4  # answers per prompt per round
     prompts_per_round: int | None = None  # training prompts sampled for feedback each round (None: all), a fresh
@@ -195,16 +198,35 @@ def _feedback(ws, cfg: LoopConfig, state, rnd, again, say, save) -> dict:
     from tether.feedback.simulate import SimulationConfig, simulate_feedback
 
     store = ws.store()
-    with store.session() as s:  # simulate_feedback stores a round in one transaction: all or nothing
-        have = s.execute(select(func.count()).select_from(S.Task).where(S.Task.round == rnd["round"])).scalar()
-    if have:
-        say(f"  round {rnd['round']} already has {have} labeling tasks; not labeling again")
-        return {"tasks": have}
-    sim = SimulationConfig(labelers=cfg.labelers, adversarial=cfg.adversarial, random=cfg.random_labelers,
-                           overlap=cfg.overlap, items=cfg.items, seed=cfg.seed + rnd["round"])
-    counts = simulate_feedback(store, sim, rnd["round"])
-    say("  stored: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
-    return {"labels": counts}
+    out: dict = {}
+    if cfg.feedback in ("simulated", "mix"):
+        with store.session() as s:  # simulate_feedback stores a round in one transaction: all or nothing
+            have = s.execute(select(func.count()).select_from(S.Task).where(S.Task.round == rnd["round"])).scalar()
+        if have:  # labeled already (before a kill, or by hand): not labeled twice
+            say(f"  round {rnd['round']} already has {have} labeling tasks; no simulated labels added")
+        else:
+            sim = SimulationConfig(labelers=cfg.labelers, adversarial=cfg.adversarial, random=cfg.random_labelers,
+                                   overlap=cfg.overlap, items=cfg.items, seed=cfg.seed + rnd["round"])
+            out["labels"] = simulate_feedback(store, sim, rnd["round"])
+            say("  stored: " + ", ".join(f"{n} {k}" for k, n in out["labels"].items()))
+    if cfg.feedback in ("judge", "mix"):
+        import torch
+
+        from tether.feedback.judge import HFBackend, Judge, OpenAIBackend, judge_stored_pairs, load_rubric
+
+        torch.set_num_threads(ws.config.threads or os.cpu_count() or 1)
+        backend = (OpenAIBackend(cfg.judge_url, model=cfg.judge_model or "default") if cfg.judge_url
+                   else HFBackend(cfg.judge_model or "bundled"))
+        with store.session() as s:
+            prompts = s.execute(select(func.count(func.distinct(S.Response.prompt_id))).where(
+                S.Response.round == rnd["round"], S.Response.source == "sample")).scalar()
+        # judge: new same-prompt pairs (as many as items); mix: the simulated labelers' pairwise tasks
+        counts = judge_stored_pairs(store, Judge(backend, load_rubric(cfg.judge_rubric)), round=rnd["round"],
+                                    tasks=cfg.feedback == "mix", seed=cfg.seed + rnd["round"],
+                                    new_pairs=0 if cfg.feedback == "mix" else (cfg.items or prompts))
+        out["judge"] = counts  # a rerun after a kill answers only what the judge has not answered yet
+        say(f"  AI judge ({backend.name}): " + ", ".join(f"{counts.get(c, 0)} {c}" for c in ("a", "b", "tie")))
+    return out
 
 
 def _rm(ws, cfg: LoopConfig, state, rnd, again, say, save) -> dict:
