@@ -14,7 +14,8 @@ from sqlalchemy import select
 from tether.data import schema as S
 from tether.errors import TetherError
 from tether.feedback.judge import (DEFAULT_RUBRIC, HFBackend, Judge, OpenAIBackend, Reading, Verdict, combine,
-                                   judge_agreement, judge_stored_pairs, load_rubric, parse_letter, verdict_stats)
+                                   load_rubric, parse_letter)
+from tether.feedback.judge_feedback import judge_agreement, judge_stored_pairs, verdict_stats
 
 torch.set_num_threads(1)
 ANSWER = re.compile(r"\[Answer ([AB])\]\n(.*?)\n\[End of answer \1\]", re.DOTALL)
@@ -262,7 +263,7 @@ def test_judge_name_must_not_belong_to_a_person(tmp_path, fake_server):
 def test_bundled_judge_agreement_is_reported():
     """SmolLM2-135M as judge on clear-cut pairs (a clean answer against a cut-off, repetitive, rude or
     placeholder one). Only checks that it runs and the numbers are proportions; prints them."""
-    from tether.feedback.judge import gold_winners
+    from tether.feedback.judge_feedback import gold_winners
 
     good = {"How do I boil an egg?": "Put the egg in boiling water for 8 to 10 minutes, then cool it in cold water.",
             "Suggest a name for a cat.": "How about Miso? It is short, friendly and easy to call.",

@@ -51,8 +51,8 @@ def judge(url: Optional[str] = typer.Option(None, "--url", help="An OpenAI-compa
     labeler, so `tether rm` can train on them; a rerun carries on where the last stopped."""
     import torch
 
-    from tether.feedback.judge import (HFBackend, Judge, OpenAIBackend, judge_agreement, judge_stored_pairs,
-                                       load_rubric)
+    from tether.feedback.judge import HFBackend, Judge, OpenAIBackend, load_rubric
+    from tether.feedback.judge_feedback import judge_agreement, judge_stored_pairs
     from tether.workspace import open_workspace
 
     quiet_transformers()

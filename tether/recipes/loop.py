@@ -212,7 +212,8 @@ def _feedback(ws, cfg: LoopConfig, state, rnd, again, say, save) -> dict:
     if cfg.feedback in ("judge", "mix"):
         import torch
 
-        from tether.feedback.judge import HFBackend, Judge, OpenAIBackend, judge_stored_pairs, load_rubric
+        from tether.feedback.judge import HFBackend, Judge, OpenAIBackend, load_rubric
+        from tether.feedback.judge_feedback import judge_stored_pairs
 
         torch.set_num_threads(ws.config.threads or os.cpu_count() or 1)
         backend = (OpenAIBackend(cfg.judge_url, model=cfg.judge_model or "default") if cfg.judge_url
