@@ -1,0 +1,163 @@
+"""The labeler's pages and JSON API: their progress, the next task, a task, and the answer.
+
+A labeler only ever sees tasks assigned to them: any other task id answers 404, whether it exists
+or not. HTML forms and the JSON API share `queue.submit_label` and the pydantic checks behind it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from tether.data import schema as S
+from tether.data.feedback import FLAW_CATEGORIES
+from tether.web.app import check_csrf, current_user, db, render
+from tether.web.forms import LabelError, form_to_dict
+from tether.web.queue import assigned_task, claim_next, progress, submit_label
+
+router = APIRouter()
+
+INSTRUCTIONS = {
+    "pairwise": "Which response is better? Pick A or B, a tie, or can't tell.",
+    "ab_eval": "Which response is better? (The two come from different systems; you are not told which.)",
+    "rank": "Order the responses from best (top) to worst: drag them, or use the arrows.",
+    "rating": "How good is this response, from 1 (bad) to 5 (excellent)?",
+    "thumbs": "Is this response good (thumbs up) or not (thumbs down)?",
+    "flaws": "Tick every flaw this response has, or choose 'No flaws'.",
+    "critique": "Say what is wrong with the response, and/or rewrite it as it should have been.",
+}
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def task_view(s: Session, task: S.Task) -> dict[str, Any]:
+    """What a labeler may see of a task: the prompt and the responses, in the order shown. For a
+    blind A/B evaluation the policies stay hidden (they are never part of the view)."""
+    rows = s.execute(select(S.Response.id, S.Response.text, S.Response.finished, S.Prompt.text, S.Prompt.messages)
+                     .join(S.Prompt, S.Prompt.id == S.Response.prompt_id)
+                     .where(S.Response.id.in_(list(task.response_ids)))).all()
+    found = {r[0]: {"text": r[1], "finished": r[2]} for r in rows}
+    prompt_text, prompt_messages = (rows[0][3], rows[0][4]) if rows else ("", None)
+    pairwise = task.kind in ("pairwise", "ab_eval")
+    responses = [{"id": rid, "label": LETTERS[i] if pairwise else str(i + 1), **found[rid]}
+                 for i, rid in enumerate(task.response_ids) if rid in found]
+    messages = [{"role": str(m.get("role", "")), "content": str(m.get("content", ""))}
+                for m in (prompt_messages or []) if isinstance(m, dict)]
+    view = {"id": task.id, "kind": task.kind, "prompt": prompt_text, "messages": messages,
+            "responses": responses, "instructions": INSTRUCTIONS[task.kind]}
+    if task.kind == "flaws":
+        view["categories"] = list(task.options.get("categories") or FLAW_CATEGORIES)
+    return view
+
+
+# --- pages --------------------------------------------------------------------------------------
+@router.get("/")
+def home(request: Request) -> Response:
+    with db(request).read() as s:
+        lab = current_user(request, s)
+        stats = progress(s, lab.id)
+    return render(request, "home.html", {"progress": stats})
+
+
+@router.get("/label")
+def next_task(request: Request) -> Response:
+    """Hand out the next task (or the one the labeler already holds) and show it."""
+    d = db(request)
+    with d.write() as s:
+        lab = current_user(request, s)
+        task = claim_next(d, s, lab.id)
+        task_id = task.id if task is not None else None
+    if task_id is None:
+        with d.read() as s:
+            stats = progress(s, lab.id)
+        return render(request, "empty.html", {"progress": stats})
+    return RedirectResponse(f"/task/{task_id}", status_code=303)
+
+
+def _task_page(request: Request, task_id: int, error: str | None = None, status: int = 200) -> Response:
+    with db(request).read() as s:
+        lab = current_user(request, s)
+        task, assignment = assigned_task(s, lab.id, task_id)
+        if assignment.status != "assigned" and error is None:
+            return RedirectResponse("/label", status_code=303)
+        view = task_view(s, task)
+        stats = progress(s, lab.id)
+    return render(request, "task.html", {"task": view, "progress": stats, "error": error}, status)
+
+
+@router.get("/task/{task_id}")
+def show_task(request: Request, task_id: int) -> Response:
+    return _task_page(request, task_id)
+
+
+def _submit(request: Request, task_id: int, form) -> None:
+    with db(request).write() as s:
+        lab = current_user(request, s)
+        task, _ = assigned_task(s, lab.id, task_id)
+        submit_label(s, lab, task_id, form_to_dict(task.kind, form))
+
+
+@router.post("/task/{task_id}")
+async def answer_task(request: Request, task_id: int) -> Response:
+    """The task form: store the answer, then go to the next task. A bad answer shows the task again
+    with the problem (422); someone else's task is 404."""
+    form = await request.form()
+    check_csrf(request, form.get("csrf_token"))
+    try:
+        await run_in_threadpool(_submit, request, task_id, form)
+    except LabelError as e:
+        if e.status == 404:
+            raise
+        return await run_in_threadpool(_task_page, request, task_id, str(e), e.status)
+    return RedirectResponse("/label", status_code=303)
+
+
+# --- JSON API (scripts, the bench) ---------------------------------------------------------------
+@router.get("/api/tasks/next")
+def api_next(request: Request) -> Response:
+    d = db(request)
+    with d.write() as s:
+        lab = current_user(request, s)
+        task = claim_next(d, s, lab.id)
+        view = task_view(s, task) if task is not None else None
+    return JSONResponse({"task": view})
+
+
+@router.get("/api/tasks/{task_id}")
+def api_task(request: Request, task_id: int) -> Response:
+    with db(request).read() as s:
+        lab = current_user(request, s)
+        task, assignment = assigned_task(s, lab.id, task_id)
+        return JSONResponse({"task": task_view(s, task), "status": assignment.status})
+
+
+@router.post("/api/tasks/{task_id}/label")
+def api_answer(request: Request, task_id: int, payload: Annotated[dict[str, Any], Body()],
+               next: bool = False) -> Response:
+    """Store an answer (header X-CSRF-Token required). With ?next=true the reply also carries the
+    labeler's next task, claimed in the same transaction: one round trip per item."""
+    check_csrf(request, request.headers.get("x-csrf-token"))
+    d = db(request)
+    with d.write() as s:
+        lab = current_user(request, s)
+        task, row = submit_label(s, lab, task_id, payload)
+        out: dict[str, Any] = {"task_id": task_id, "kind": task.kind, "feedback_id": row.id}
+        if next and d.sqlite:  # one transaction: SQLite writes one at a time anyway
+            following = claim_next(d, s, lab.id)
+            out["next"] = task_view(s, following) if following is not None else None
+    if next and not d.sqlite:  # PostgreSQL: claim after the commit (see queue.claim_next)
+        with d.write() as s:
+            following = claim_next(d, s, lab.id)
+            out["next"] = task_view(s, following) if following is not None else None
+    return JSONResponse(out, status_code=201)
+
+
+@router.get("/api/progress")
+def api_progress(request: Request) -> Response:
+    with db(request).read() as s:
+        lab = current_user(request, s)
+        return JSONResponse(progress(s, lab.id))
