@@ -119,7 +119,8 @@ def test_bad_settings_and_missing_prompts_are_refused(workspace):
     for kw, msg in ((dict(rounds=0), "rounds"), (dict(algorithm="a2c"), "algorithm"), (dict(k=1), "k must"),
                     (dict(feedback="crowd"), "feedback"), (dict(prompts_per_round=0), "prompts_per_round"),
                     (dict(algorithm="grpo", batch_size=2, k=4), "batch_size"),
-                    (dict(batch_size=6, mini_batch_size=4), "multiple of mini_batch_size")):
+                    (dict(batch_size=6, mini_batch_size=4), "multiple of mini_batch_size"),
+                    (dict(feedback="web", web_kind="critique"), "web_kind")):
         with pytest.raises(TetherError, match=msg):
             loop.check(_small(**kw))
     with pytest.raises(TetherError, match="no prompts in split 'train'"):
@@ -163,3 +164,48 @@ def test_mix_feedback_adds_the_ai_judge_on_the_simulated_pairwise_tasks(ws, tiny
         judged = s.execute(select(func.count()).select_from(S.Comparison).join(S.Labeler).where(
             S.Labeler.role == "ai_judge", S.Comparison.round == 0)).scalar()
     assert judged == pairwise == fb["judge"]["tasks"]
+
+
+def test_web_feedback_waits_for_people_to_finish_the_round(ws):
+    """The loop makes the round's ranking tasks and waits; two people rank through the web app's JSON
+    API (longest answer first); then the round goes on and trains on their labels."""
+    import threading
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from tether.web import WebSettings, create_app
+    from tether.web.accounts import add_labeler
+
+    with ws.store().session() as s:
+        for name in ("ana", "ben"):
+            add_labeler(s, name, password="a long enough password")
+        s.commit()
+    lines, result = [], {}
+    cfg = _small(rounds=1, feedback="web", overlap=2, web_poll_seconds=0.05, web_timeout_hours=0.1)
+    worker = threading.Thread(target=lambda: result.update(res=loop.run(ws, cfg, say=lines.append)), daemon=True)
+    worker.start()
+    deadline = time.time() + 120
+    while not any("waiting for labelers" in x for x in lines):
+        assert time.time() < deadline and worker.is_alive(), lines
+        time.sleep(0.05)
+    assert any("3 rank tasks for round 0" in x for x in lines), lines
+    app = create_app(ws.root, store=ws.store(), settings=WebSettings(timeout_s=900))
+    answered = 0
+    for name in ("ana", "ben"):
+        with TestClient(app) as c:
+            csrf = c.post("/api/login", json={"name": name, "password": "a long enough password"}).json()["csrf_token"]
+            task = c.get("/api/tasks/next").json()["task"]
+            while task is not None:
+                order = [r["id"] for r in sorted(task["responses"], key=lambda r: -len(r["text"]))]
+                r = c.post(f"/api/tasks/{task['id']}/label?next=true", json={"order": order},
+                           headers={"X-CSRF-Token": csrf})
+                assert r.status_code == 201, r.text
+                answered += 1
+                task = r.json()["next"]
+    worker.join(timeout=300)
+    assert not worker.is_alive() and answered == 6
+    rnd = result["res"].state["rounds"][0]
+    assert rnd["feedback"]["web"] == {"tasks": 3} and rnd["done"] == list(loop.STEPS)
+    assert rnd["rm"]["pairs"] == 6 * 1  # 6 rankings of k=2 answers, one pair each
+    assert any("waiting for labelers: 3/3 tasks done" in x for x in lines)

@@ -25,8 +25,13 @@ from tether.errors import TetherError
 def loop(rounds: int = typer.Option(2, help="Rounds of sample -> feedback -> reward model -> policy -> eval."),
          algorithm: str = typer.Option("ppo", help="Policy stage: ppo, rloo, grpo or dpo."),
          feedback: str = typer.Option("simulated", help="Who labels: simulated (labelers judged by the hidden "
-                                      "gold scorer), judge (an AI judge on same-prompt pairs) or mix (both: the "
-                                      "judge also answers the simulated labelers' pairwise tasks)."),
+                                      "gold scorer), judge (an AI judge on same-prompt pairs), mix (both: the "
+                                      "judge also answers the simulated labelers' pairwise tasks) or web (people "
+                                      "in `tether serve`; the loop waits for the round's tasks)."),
+         web_kind: str = typer.Option("rank", "--web-kind", help="web: the task per prompt (rank the k answers, "
+                                      "pairwise, rating, thumbs, flaws)."),
+         web_timeout_hours: Optional[float] = typer.Option(None, "--web-timeout-hours", help="web: stop waiting "
+                                                           "after this long (--resume waits again)."),
          judge_url: Optional[str] = typer.Option(None, "--judge-url", help="AI judge: an OpenAI-compatible endpoint "
                                                  "(default: a local HF model)."),
          judge_model: Optional[str] = typer.Option(None, "--judge-model", help="AI judge: the local model (default: "
@@ -57,7 +62,8 @@ def loop(rounds: int = typer.Option(2, help="Rounds of sample -> feedback -> rew
     from tether.workspace import open_workspace
 
     quiet_transformers()
-    cfg = recipe.LoopConfig(rounds=rounds, algorithm=algorithm, feedback=feedback, judge_url=judge_url,
+    cfg = recipe.LoopConfig(rounds=rounds, algorithm=algorithm, feedback=feedback, web_kind=web_kind,
+                            web_timeout_hours=web_timeout_hours, judge_url=judge_url,
                             judge_model=judge_model, judge_rubric=str(judge_rubric) if judge_rubric else None, k=k, prompts_per_round=prompts_per_round,
                             items=items, overlap=overlap,
                             rm_train_layers=rm_train_layers or None, rm_heads=rm_heads, updates=updates,

@@ -4,7 +4,8 @@ Each round learns from the last (InstructGPT, Ouyang et al. 2022, sec. 3.5; Llam
 
 1. **sample** `k` answers per training prompt from the current policy, tagged with the round;
 2. **feedback** on them: simulated labelers judged by the hidden gold scorer, an AI judge (RLAIF) on
-   same-prompt pairs, or both (the judge also answers the simulated labelers' pairwise tasks);
+   same-prompt pairs, both (the judge also answers the simulated labelers' pairwise tasks), or people
+   in the web app (`tether serve`): the loop makes the round's tasks and waits until they are done;
 3. **reward model** retrained from the starting model on *all* feedback so far, its rewards
    normalised on this round's samples (the policy it will be used on);
 4. **policy**: PPO, RLOO, GRPO (against that reward model, KL to the round's starting policy) or DPO
@@ -32,7 +33,8 @@ from tether.errors import TetherError
 from tether.workspace import Workspace
 
 ALGORITHMS = ("ppo", "rloo", "grpo", "dpo")
-FEEDBACK = ("simulated", "judge", "mix")  # mix: simulated labelers, and the judge answers their pairwise tasks too
+FEEDBACK = ("simulated", "judge", "mix", "web")  # mix: simulated labelers + the judge on their pairwise tasks;
+# web: people in `tether serve`, the loop waits for them
 STEPS = ("sample", "feedback", "rm", "policy", "eval")
 
 
@@ -44,6 +46,9 @@ class LoopConfig:
     judge_url: str | None = None  # judge / mix: an OpenAI-compatible endpoint; None: a local HF model
     judge_model: str | None = None  # the local judge model (default: the bundled one) or the endpoint's model name
     judge_rubric: str | None = None  # a rubric file (default: the built-in rubric)
+    web_kind: str = "rank"  # web: the task people get per prompt (rank all k answers, or pairwise, rating, ...)
+    web_poll_seconds: float = 10.0  # web: how often the loop checks whether the round's tasks are done
+    web_timeout_hours: float | None = None  # web: give up waiting after this long (None: wait)
     # sampling for feedback
     k: int = 4  # answers per prompt per round
     prompts_per_round: int | None = None  # training prompts sampled for feedback each round (None: all), a fresh
@@ -93,6 +98,8 @@ def check(cfg: LoopConfig) -> None:
         raise TetherError(f"loop: feedback must be one of {', '.join(FEEDBACK)}, got {cfg.feedback!r}")
     if cfg.prompts_per_round is not None and cfg.prompts_per_round < 1:
         raise TetherError(f"loop: prompts_per_round must be at least 1, got {cfg.prompts_per_round}")
+    if cfg.feedback == "web" and cfg.web_kind not in ("rank", "pairwise", "rating", "thumbs", "flaws"):
+        raise TetherError(f"loop: web_kind must be rank, pairwise, rating, thumbs or flaws, got {cfg.web_kind!r}")
     if cfg.k < 2:
         raise TetherError(f"loop: k must be at least 2 (feedback compares answers to one prompt), got {cfg.k}")
     if cfg.algorithm == "ppo" and cfg.batch_size % (cfg.mini_batch_size or min(8, cfg.batch_size)):
@@ -209,6 +216,8 @@ def _feedback(ws, cfg: LoopConfig, state, rnd, again, say, save) -> dict:
                                    overlap=cfg.overlap, items=cfg.items, seed=cfg.seed + rnd["round"])
             out["labels"] = simulate_feedback(store, sim, rnd["round"])
             say("  stored: " + ", ".join(f"{n} {k}" for k, n in out["labels"].items()))
+    if cfg.feedback == "web":
+        out["web"] = _web_feedback(ws, cfg, rnd, say)
     if cfg.feedback in ("judge", "mix"):
         import torch
 
@@ -228,6 +237,41 @@ def _feedback(ws, cfg: LoopConfig, state, rnd, again, say, save) -> dict:
         out["judge"] = counts  # a rerun after a kill answers only what the judge has not answered yet
         say(f"  AI judge ({backend.name}): " + ", ".join(f"{counts.get(c, 0)} {c}" for c in ("a", "b", "tie")))
     return out
+
+
+def _web_feedback(ws, cfg: LoopConfig, rnd, say) -> dict:
+    """Make the round's labeling tasks (once) for people in `tether serve`, then wait until every one has
+    its labels; a progress line shows how many are done."""
+    from sqlalchemy import func, select
+
+    from tether.data import schema as S
+    from tether.web.tasks import TaskSpec, create_tasks
+
+    store = ws.store()
+    with store.session() as s:
+        mine = select(func.count()).select_from(S.Task).where(S.Task.round == rnd["round"], S.Task.kind == cfg.web_kind)
+        if not s.execute(mine).scalar():
+            made = create_tasks(s, TaskSpec(kind=cfg.web_kind, labels_needed=cfg.overlap, round=rnd["round"], k=cfg.k,
+                                            seed=cfg.seed + rnd["round"]))
+            s.commit()
+            say(f"  {len(made)} {cfg.web_kind} tasks for round {rnd['round']}, {cfg.overlap} labelers each: "
+                f"open `tether serve -w {ws.root}` and invite labelers (`tether labelers add NAME -w {ws.root}`)")
+    t0 = time.monotonic()
+    last = None
+    while True:
+        with store.session() as s:
+            rows = dict(s.execute(select(S.Task.status, func.count()).where(
+                S.Task.round == rnd["round"], S.Task.kind == cfg.web_kind).group_by(S.Task.status)).all())
+        total, done = sum(rows.values()) - rows.get("cancelled", 0), rows.get("done", 0)
+        if (done, total) != last:
+            say(f"  waiting for labelers: {done}/{total} tasks done")
+            last = (done, total)
+        if done >= total:
+            return {"tasks": total}
+        if cfg.web_timeout_hours is not None and time.monotonic() - t0 > 3600 * cfg.web_timeout_hours:
+            raise TetherError(f"loop: round {rnd['round']}: {total - done} of {total} web tasks still open after "
+                              f"{cfg.web_timeout_hours} h; `tether loop --resume` waits again")
+        time.sleep(cfg.web_poll_seconds)
 
 
 def _rm(ws, cfg: LoopConfig, state, rnd, again, say, save) -> dict:
