@@ -27,6 +27,22 @@ def test_a_policy_against_itself_ties_at_zero_kl(word_model_dir):
     assert len(rep["answers"]) == 6 and rep["answers"][0]["policy_text"] == rep["answers"][0]["reference_text"]
 
 
+def test_reference_answers_are_sampled_once_with_a_cache(word_model_dir, monkeypatch):
+    import tether.eval.compare as C
+
+    calls = []
+    real = C.sample_answers
+    monkeypatch.setattr(C, "sample_answers", lambda *a, **k: calls.append(1) or real(*a, **k))
+    prompts, cache = ["say a color", "the sky is"], {}
+    first = compare(str(word_model_dir), str(word_model_dir), prompts, samples=2, max_new_tokens=5, reference_cache=cache)
+    second = compare(str(word_model_dir), str(word_model_dir), prompts, samples=2, max_new_tokens=5,
+                     reference_cache=cache)
+    assert len(calls) == 3 and len(cache) == 1  # policy, reference, policy again
+    assert [a["reference_text"] for a in first["answers"]] == [a["reference_text"] for a in second["answers"]]
+    compare(str(word_model_dir), str(word_model_dir), prompts, samples=1, max_new_tokens=5, reference_cache=cache)
+    assert len(calls) == 5 and len(cache) == 2  # other settings: sampled afresh
+
+
 def test_cli_eval_reports_win_rate_and_kl(word_model_dir, tmp_path):
     from typer.testing import CliRunner
 

@@ -17,6 +17,7 @@ by a reward model (the proxy the policy was trained on). Reported:
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -108,11 +109,13 @@ def sequence_kl(model, ref_model, tok, prompts: list[Prompt], gens: list[Generat
 
 def compare(policy: str, reference: str, prompts: list[Prompt], *, samples: int = 2, temperature: float = 0.7,
             max_new_tokens: int = 64, seed: int = 0, batch_size: int = 16, reward_model: str | None = None,
-            gold_fn: Callable[[str, str, bool], float] | None = None, policy_model=None) -> dict:
+            gold_fn: Callable[[str, str, bool], float] | None = None, policy_model=None,
+            reference_cache: dict | None = None) -> dict:
     """Sample both policies on `prompts` and report gold win rate, gold, reward, KL, length, EOS.
 
     `policy_model`: an already loaded policy to use instead of loading `policy` (the name is still
-    reported). Returns a dict: {"policy": {...}, "reference": {...}, "gold": win-rate dict, "reward":
+    reported). `reference_cache`: a dict kept by the caller across calls; the reference's answers are
+    sampled once per (reference, prompts, settings) and reused (same seeds give the same answers). Returns a dict: {"policy": {...}, "reference": {...}, "gold": win-rate dict, "reward":
     win-rate dict (if a reward model), "answers": [...], "seconds"}."""
     t0 = time.perf_counter()
     if not prompts:
@@ -121,8 +124,14 @@ def compare(policy: str, reference: str, prompts: list[Prompt], *, samples: int 
     ref_model = models.load_model(reference)
     pol_model = policy_model if policy_model is not None else models.load_model(policy)
     kw = dict(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
-    sides = [Side(policy, sample_answers(pol_model, tok, prompts, samples, **kw)),
-             Side(reference, sample_answers(ref_model, tok, prompts, samples, **kw))]
+    key = json.dumps([reference, [prompt_text(p) for p in prompts], samples, kw], sort_keys=True)
+    if reference_cache is not None and key in reference_cache:
+        ref_answers = reference_cache[key]
+    else:
+        ref_answers = sample_answers(ref_model, tok, prompts, samples, **kw)
+        if reference_cache is not None:
+            reference_cache[key] = ref_answers
+    sides = [Side(policy, sample_answers(pol_model, tok, prompts, samples, **kw)), Side(reference, ref_answers)]
     sides[0].kl = sequence_kl(pol_model, ref_model, tok, prompts, sides[0].generations, samples)
     items = [[(prompts[k // samples], g.text, g.finished) for k, g in enumerate(side.generations)] for side in sides]
     if gold_fn is not None:

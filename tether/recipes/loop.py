@@ -363,7 +363,7 @@ def _eval(ws, cfg: LoopConfig, state, rnd, again, say, save) -> dict:
     try:
         report = compare(policy, sft, store.prompts(cfg.eval_split), samples=cfg.eval_samples,
                          temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
-                         reward_model=rnd["rm"]["model"], gold_fn=gold_score)
+                         reward_model=rnd["rm"]["model"], gold_fn=gold_score, reference_cache=_REFERENCE_ANSWERS)
     except BaseException:
         store.finish_run(run_id, "failed")
         raise
@@ -392,4 +392,5 @@ def _tracked(store, stage: str, round: int, cfg, out: Path, fn):
     return res
 
 
+_REFERENCE_ANSWERS: dict = {}  # the starting policy's held-out answers, sampled once per process (same seeds)
 STEP_FNS = {"sample": _sample, "feedback": _feedback, "rm": _rm, "policy": _policy, "eval": _eval}
