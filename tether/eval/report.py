@@ -219,12 +219,12 @@ def agreement_section(store) -> str:
     from tether.data import schema as S
     from tether.feedback.agreement import (agreement_by_group, flag_labelers, krippendorff_alpha,
                                            leave_one_out_agreement, raw_agreement)
-    from tether.feedback.collect import _pair_labels
+    from tether.feedback.collect import pair_labels
 
     with store.session() as s:
         comparisons = list(s.scalars(select(S.Comparison)))
         rankings = list(s.scalars(select(S.Ranking)))
-        labels, durations = _pair_labels(comparisons, rankings)  # reads ranking items while the session is open
+        labels, durations = pair_labels(comparisons, rankings)  # reads ranking items while the session is open
         who = {i: (name, role) for i, name, role in s.execute(select(S.Labeler.id, S.Labeler.name, S.Labeler.role))}
     decisive = {k: {lab: v for lab, v in d.items() if v in ("first", "second")} for k, d in labels.items()}
     if not any(len(d) >= 2 for d in decisive.values()):

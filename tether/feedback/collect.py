@@ -34,7 +34,7 @@ class CollectedPairs:
     labelers: dict[int, str] = field(default_factory=dict)  # labeler id -> name
 
 
-def _pair_labels(comparisons, rankings) -> tuple[dict, dict]:
+def pair_labels(comparisons, rankings) -> tuple[dict, dict]:
     """labels_by_item for agreement: item = an unordered response pair (lower id first), label =
     'first' or 'second' for the winner (a binary task, whatever the order shown), or 'tie' /
     'cant_tell'; plus each labeler's answer times."""
@@ -84,7 +84,7 @@ def collect_pairs(store: Store, rounds: list[int] | None = None, kinds: tuple[st
         thumbs = [t for t in thumbs if t.response_id not in clips]
 
     out = CollectedPairs([], labelers=names)
-    labels, durations = _pair_labels(comparisons, rankings)
+    labels, durations = pair_labels(comparisons, rankings)
     if labeler_policy != "keep" and labels:
         out.flags = flag_labelers(labels, durations, min_items=min_items, min_ms=min_ms)
         out.weights = labeler_weights(out.flags, "exclude" if labeler_policy == "exclude" else "downweight",

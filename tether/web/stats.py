@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from tether.data import schema as S
 from tether.feedback import aggregate as agg
 from tether.feedback.agreement import flag_labelers, krippendorff_alpha, leave_one_out_agreement, raw_agreement
-from tether.feedback.collect import _pair_labels
+from tether.feedback.collect import pair_labels
 
 FEEDBACK = {"comparison": S.Comparison, "ranking": S.Ranking, "rating": S.Rating, "thumb": S.Thumb,
             "flaws": S.FlawReport, "critique": S.Critique}
@@ -69,7 +69,7 @@ def agreement(s: Session) -> dict[str, Any]:
     for r in rankings:
         r.response_ids  # noqa: B018 (load the items inside the session)
     names = dict(s.execute(select(S.Labeler.id, S.Labeler.name)).all())
-    labels, durations = _pair_labels(comparisons, rankings)
+    labels, durations = pair_labels(comparisons, rankings)
     out: dict[str, Any] = {"items": len(labels), "multi": sum(len(v) >= 2 for v in labels.values()),
                            "raw": None, "alpha": None, "per_labeler": [], "flags": []}
     if out["multi"]:
