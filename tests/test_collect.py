@@ -48,6 +48,22 @@ def test_each_kind_becomes_pairs(three_answers):
     assert sorted((e.margin or 0) for e in preference_examples(store, got)) == [0] * 6 + [0.5, 0.5]
 
 
+def test_ai_judge_labels_carry_the_judge_weight(three_answers):
+    store, (best, mid, worst) = three_answers
+    with store.session() as s:
+        ann, judge = store.labeler(s, "ann"), store.labeler(s, "judge", role="ai_judge")
+        F.record_comparison(s, ann, best, mid, "a")
+        F.record_comparison(s, judge, mid, worst, "a")
+    weights = lambda got: sorted((p.chosen, p.weight) for p in got.pairs)  # noqa: E731
+    assert weights(collect_pairs(store, labeler_policy="keep")) == [(best, 1.0), (mid, 1.0)]
+    assert weights(collect_pairs(store, labeler_policy="keep", judge_weight=0.25)) == [(best, 1.0), (mid, 0.25)]
+    assert weights(collect_pairs(store, labeler_policy="keep", judge_weight=0)) == [(best, 1.0)]
+    from tether.errors import TetherError
+
+    with pytest.raises(TetherError, match="judge_weight"):
+        collect_pairs(store, judge_weight=-1)
+
+
 def test_flipping_labeler_is_downweighted_or_excluded(tmp_path):
     """4 honest labelers and 1 who always flips judge the same 15 pairs (6 answers of known order):
     the flipper's pairs weigh less (downweight) or vanish (exclude); the honest ones keep weight 1."""

@@ -186,6 +186,7 @@ def rm(model: Optional[str] = typer.Option(None, help="Start from this model (de
        lr: Optional[float] = typer.Option(None, help="Default 1e-5 (full) or 1e-4 (LoRA)."),
        max_length: int = typer.Option(512, "--max-length"),
        labelers: str = typer.Option("downweight", help="Flagged labelers: downweight, exclude or keep."),
+       judge_weight: float = typer.Option(1.0, "--judge-weight", help="Weight of AI-judge labels (0: leave out)."),
        rounds: Optional[str] = typer.Option(None, help="Comma-separated rounds of feedback (default: all)."),
        dtype: str = typer.Option("float32", help="float32 or bfloat16 (autocast)."),
        resume: bool = typer.Option(False, help="Continue the latest rm run from its checkpoint."),
@@ -202,7 +203,7 @@ def rm(model: Optional[str] = typer.Option(None, help="Start from this model (de
     round_list = parse_rounds(rounds)
     ws = open_workspace(workspace)
     store = ws.store()
-    collected = collect_pairs(store, round_list, labeler_policy=labelers)
+    collected = collect_pairs(store, round_list, labeler_policy=labelers, judge_weight=judge_weight)
     for f in collected.flags:
         console.print(Text(f"flagged labeler {collected.labelers.get(f.labeler, f.labeler)}: {f.reason} "
                            f"({f.value:.2f} over {f.n})"))

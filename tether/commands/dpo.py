@@ -29,6 +29,7 @@ def dpo(data: Optional[Path] = typer.Option(None, "--data", help="Train on this 
         lr: Optional[float] = typer.Option(None, help="Default 1e-6 (full) or 1e-5 (LoRA)."),
         max_length: int = typer.Option(512, "--max-length", help="Tokens of prompt + one response."),
         labelers: str = typer.Option("downweight", help="Flagged labelers: downweight, exclude or keep."),
+        judge_weight: float = typer.Option(1.0, "--judge-weight", help="Weight of AI-judge labels (0: leave out)."),
         rounds: Optional[str] = typer.Option(None, help="Comma-separated rounds of feedback (default: all)."),
         dtype: str = typer.Option("float32", help="float32 or bfloat16 (autocast)."),
         resume: bool = typer.Option(False, help="Continue the latest dpo run from its checkpoint."),
@@ -56,7 +57,7 @@ def dpo(data: Optional[Path] = typer.Option(None, "--data", help="Train on this 
     else:
         from tether.feedback.collect import collect_pairs, preference_examples
 
-        collected = collect_pairs(store, parse_rounds(rounds), labeler_policy=labelers)
+        collected = collect_pairs(store, parse_rounds(rounds), labeler_policy=labelers, judge_weight=judge_weight)
         for f in collected.flags:
             console.print(Text(f"flagged labeler {collected.labelers.get(f.labeler, f.labeler)}: {f.reason} "
                                f"({f.value:.2f} over {f.n})"))

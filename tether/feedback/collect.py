@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from tether.data import schema as S
 from tether.data.store import Store
+from tether.errors import TetherError
 from tether.feedback import aggregate as A
 from tether.feedback.agreement import LabelerFlag, flag_labelers, labeler_weights
 
@@ -60,8 +61,13 @@ def pair_labels(comparisons, rankings) -> tuple[dict, dict]:
 
 def collect_pairs(store: Store, rounds: list[int] | None = None, kinds: tuple[str, ...] = KINDS,
                   labeler_policy: Literal["downweight", "exclude", "keep"] = "downweight",
-                  downweight: float = 0.3, min_items: int = 10, min_ms: float = 1500) -> CollectedPairs:
-    """Weighted pairs from the feedback of `rounds` (all rounds if None)."""
+                  downweight: float = 0.3, min_items: int = 10, min_ms: float = 1500,
+                  judge_weight: float = 1.0) -> CollectedPairs:
+    """Weighted pairs from the feedback of `rounds` (all rounds if None). `judge_weight` multiplies the
+    weight of every AI judge's labels (role 'ai_judge'; 0 leaves them out), e.g. to count an RLAIF judge
+    less than people."""
+    if judge_weight < 0:
+        raise TetherError(f"judge_weight must be >= 0, got {judge_weight}")
     with store.session() as s:
         def rows(model):
             q = select(model)
@@ -77,6 +83,7 @@ def collect_pairs(store: Store, rounds: list[int] | None = None, kinds: tuple[st
         # feedback on control clips (`tether control`) trains the control reward, never a language model's
         clips = set(s.scalars(select(S.Response.id).join(S.Prompt).where(S.Prompt.split == S.CONTROL_SPLIT)))
         names = dict(s.execute(select(S.Labeler.id, S.Labeler.name)).all())
+        judges = set(s.scalars(select(S.Labeler.id).where(S.Labeler.role == "ai_judge")))
     if clips:
         comparisons = [c for c in comparisons if c.response_a_id not in clips]
         rankings = [r for r in rankings if r.response_ids[0] not in clips]
@@ -89,6 +96,8 @@ def collect_pairs(store: Store, rounds: list[int] | None = None, kinds: tuple[st
         out.flags = flag_labelers(labels, durations, min_items=min_items, min_ms=min_ms)
         out.weights = labeler_weights(out.flags, "exclude" if labeler_policy == "exclude" else "downweight",
                                       factor=downweight)
+    for j in judges:
+        out.weights[j] = out.weights.get(j, 1.0) * judge_weight
 
     def add(kind: str, pairs: list[A.Pair]) -> None:
         kept = []

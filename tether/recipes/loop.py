@@ -46,6 +46,7 @@ class LoopConfig:
     judge_url: str | None = None  # judge / mix: an OpenAI-compatible endpoint; None: a local HF model
     judge_model: str | None = None  # the local judge model (default: the bundled one) or the endpoint's model name
     judge_rubric: str | None = None  # a rubric file (default: the built-in rubric)
+    judge_weight: float = 1.0  # weight of the AI judge's labels in the reward model and DPO (0: leave out)
     web_kind: str = "rank"  # web: the task people get per prompt (rank all k answers, or pairwise, rating, ...)
     web_poll_seconds: float = 10.0  # web: how often the loop checks whether the round's tasks are done
     web_timeout_hours: float | None = None  # web: give up waiting after this long (None: wait)
@@ -280,7 +281,7 @@ def _rm(ws, cfg: LoopConfig, state, rnd, again, say, save) -> dict:
     from tether.recipes import rm
 
     store = ws.store()
-    collected = collect_pairs(store, None)  # every round's feedback so far
+    collected = collect_pairs(store, None, judge_weight=cfg.judge_weight)  # every round's feedback so far
     out = Path(rnd["rm_dir"]) if again and rnd.get("rm_dir") else ws.new_run_dir("rm")
     rnd["rm_dir"] = str(out)
     save()  # a kill from here on resumes this run folder
@@ -340,7 +341,7 @@ def _policy(ws, cfg: LoopConfig, state, rnd, again, say, save) -> dict:
 
         pcfg = dpo.DPOConfig(model=start, beta=cfg.dpo_beta, lora=lora, lr=cfg.lr, seed=cfg.seed + rnd["round"],
                              out_dir=str(out), threads=threads)
-        pairs = preference_examples(store, collect_pairs(store, None))
+        pairs = preference_examples(store, collect_pairs(store, None, judge_weight=cfg.judge_weight))
         res = _tracked(store, "dpo", rnd["round"], pcfg, out, lambda: dpo.train(pcfg, pairs, resume=again))
     last = res.metrics.get("last", {})
     say(f"  {cfg.algorithm}: {res.model_dir}" + (f" (last batch: reward {last['reward']:.3f}, KL {last['kl']:.2f} nats)"
