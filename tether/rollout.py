@@ -1,8 +1,9 @@
-"""Batched generation with the KV cache and left padding (HF `generate`; a vLLM backend comes later),
+"""Batched generation with the KV cache and left padding (HF `generate`; vLLM in `rollout_vllm.py`),
 and the packed prompt‖response layout that RL recipes and evaluation score token by token.
 
 Sequences are sorted by prompt length so a batch pads little; each batch is seeded so a run can be
-reproduced. A response that hits `max_new_tokens` without EOS is marked unfinished, and its text is
+reproduced, or, with `seeds`, each sequence has its own seed, so its sample does not depend on which
+batch or process it shares (what lets RL runs on 1 and on N processes draw the same samples). A response that hits `max_new_tokens` without EOS is marked unfinished, and its text is
 exactly what was generated: nothing marks it as finished (a reward model must be able to see the cut).
 """
 
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, TopPLogitsWarper
 
 
 @dataclass
@@ -34,6 +35,23 @@ def batch_seed(seed: int, batch_index: int) -> int:
     return (seed * 1_000_003 + batch_index) % (2**31 - 1)
 
 
+class PerRowSampler(LogitsProcessor):
+    """Sampling with one random stream per sequence, by the Gumbel-max trick: argmax(z / T + G), with
+    G_v = -log(-log U_v) drawn from the row's own seeded generator, is a draw from softmax(z / T)
+    (Gumbel 1954; Maddison et al. 2014). Run under greedy decoding; top-p filters before the noise."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float, device):
+        self.gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        self.temperature, self.top_p = temperature, TopPLogitsWarper(top_p) if top_p < 1.0 else None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.float() / self.temperature  # (B, V)
+        if self.top_p is not None:
+            scores = self.top_p(input_ids, scores)
+        u = torch.stack([torch.rand(scores.shape[1], generator=g, device=scores.device) for g in self.gens])  # (B, V)
+        return scores - torch.log(-torch.log(u.clamp(1e-20, 1 - 1e-7)))
+
+
 def eos_ids(model, tokenizer) -> set[int]:
     ids = model.generation_config.eos_token_id
     ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
@@ -45,14 +63,15 @@ def eos_ids(model, tokenizer) -> set[int]:
 @torch.inference_mode()
 def generate(model, tokenizer, prompts: list[tuple[object, list[int]]], *, temperature: float = 0.7,
              top_p: float = 1.0, max_new_tokens: int = 96, batch_size: int = 16,
-             seed: int = 0, with_states: bool = False) -> Iterator[list[Generation]]:
+             seed: int = 0, with_states: bool = False, seeds: list[int] | None = None) -> Iterator[list[Generation]]:
     """Generate one response per (key, prompt token ids), yielding a list per batch.
 
     Repeat a prompt K times in `prompts` for K samples. Yielding per batch lets the caller store
     results as they come, so an interrupted run keeps what it finished. `with_states=True` also
     returns each token's log-probs and the final hidden state that predicted it, read off the
     KV-cached decoding itself, so an RL recipe needs no second policy forward pass for them
-    (top_p must be 1 then: the log-probs are those of softmax(logits / temperature)).
+    (top_p must be 1 then: the log-probs are those of softmax(logits / temperature)). `seeds`: one
+    per prompt; each sequence is then sampled from its own stream (`PerRowSampler`), whatever the batch.
     """
     if with_states and (top_p < 1.0 or temperature <= 0):
         raise ValueError("with_states needs plain sampling: temperature > 0 and top_p = 1")
@@ -75,8 +94,14 @@ def generate(model, tokenizer, prompts: list[tuple[object, list[int]]], *, tempe
             attention[row, width - len(ids):] = 1
         s = batch_seed(seed, b)
         torch.manual_seed(s)
+        extra = {}
+        if seeds is not None and temperature > 0:  # per-row streams: greedy over Gumbel-perturbed logits
+            extra = dict(logits_processor=LogitsProcessorList([PerRowSampler([seeds[i] for i in idx], temperature,
+                                                                             top_p, device)]),
+                         generation_config=GenerationConfig(**{**gen_cfg.to_diff_dict(), "do_sample": False,
+                                                               "temperature": None, "top_p": None}))
         out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                             generation_config=gen_cfg, return_dict_in_generate=with_states,
+                             **({"generation_config": gen_cfg} | extra), return_dict_in_generate=with_states,
                              output_logits=with_states, output_hidden_states=with_states)
         seqs = out.sequences if with_states else out
         new = seqs[:, width:].tolist()  # (B, <= max_new_tokens)
@@ -98,7 +123,8 @@ def generate(model, tokenizer, prompts: list[tuple[object, list[int]]], *, tempe
             states = dict(logprobs=lp_t[row, :n], logprobs_raw=lp_raw[row, :n], hidden=hidden[row, :n]) \
                 if with_states else {}
             batch.append(Generation(key=prompts[i][0], text=tokenizer.decode(kept, skip_special_tokens=True),
-                                    token_ids=kept, num_tokens=n, finished=end is not None, seed=s,
+                                    token_ids=kept, num_tokens=n, finished=end is not None,
+                                    seed=s if seeds is None else seeds[i],
                                     stop_token=None if end is None else toks[end], **states))
         yield batch
 

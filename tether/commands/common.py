@@ -89,3 +89,31 @@ def load_function(spec: str, option: str):
     if not callable(fn):
         raise TetherError(f"{option}: {module_name} has no function {attr!r}")
     return fn
+
+
+
+def launched() -> tuple[int, int]:
+    """(rank, world size) under `accelerate launch` / `torchrun`; (0, 1) for a plain run."""
+    import os
+
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _pick_run_dir(ws, stage: str, resume: bool) -> Path:
+    runs = stage_runs(ws.root, stage)
+    return runs[-1] if resume and runs else ws.new_run_dir(stage)
+
+
+def shared_run_dir(ws, stage: str, resume: bool) -> Path:
+    """runs/<stage>-N for this run: the latest one with `resume`, else a new one. Under `accelerate launch`
+    the main process picks (and makes) it and sends its name to the others, so all write to one folder."""
+    rank, world = launched()
+    if world == 1:
+        return _pick_run_dir(ws, stage, resume)
+    import torch
+    from accelerate import PartialState
+
+    from tether.recipes.common import accelerate_broadcast
+
+    PartialState(cpu=not torch.cuda.is_available())  # joins the process group (the recipe's accelerator reuses it)
+    return Path(accelerate_broadcast(str(_pick_run_dir(ws, stage, resume)) if rank == 0 else None))

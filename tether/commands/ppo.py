@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 from rich.text import Text
 
-from tether.commands.common import (WorkspaceOpt, console, latest_model, load_function, quiet_transformers,
-                                    stage_runs, user_errors)
+from tether.commands.common import (WorkspaceOpt, console, latest_model, launched, load_function,
+                                    quiet_transformers, shared_run_dir, user_errors)
 from tether.errors import TetherError
 
 
@@ -40,6 +40,12 @@ def ppo(reward_model: Optional[Path] = typer.Option(None, "--reward-model",
         eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Updates between evaluations."),
         checkpoint_every: int = typer.Option(5, "--checkpoint-every", help="Updates between checkpoints (0: none)."),
         seed: int = typer.Option(0),
+        dtype: str = typer.Option("float32", help="float32 or bfloat16 (autocast; use bfloat16 on GPUs)."),
+        rollout_backend: str = typer.Option("hf", "--rollout-backend", help="hf (transformers) or vllm (needs "
+                                            "CUDA and vllm; its log-prob mismatch is corrected by truncated "
+                                            "importance sampling)."),
+        threads: Optional[int] = typer.Option(None, help="Torch CPU threads per process (default: tether.yaml's, "
+                                              "else all cores)."),
         resume: bool = typer.Option(False, help="Continue the latest ppo run from its checkpoint."),
         workspace: Path = WorkspaceOpt):
     """Optimise the policy with PPO against the reward model, under a KL penalty to the starting model.
@@ -68,24 +74,27 @@ def ppo(reward_model: Optional[Path] = typer.Option(None, "--reward-model",
     if not prompts:
         raise TetherError(f"no prompts in split '{split}': import some with `tether import prompts FILE`")
     eval_prompts = store.prompts(eval_split)
-    runs = stage_runs(ws.root, "ppo")
-    out = runs[-1] if resume and runs else ws.new_run_dir("ppo")
+    out = shared_run_dir(ws, "ppo", resume)  # under `accelerate launch`: one folder, picked by the main process
+    main = launched()[0] == 0
     cfg = recipe.PPOConfig(policy=policy or ws.config.policy, reward_model=str(reward_model) if reward_model else None,
                            lora=LoraSettings(r=lora_r, alpha=2 * lora_r) if lora_r else None, lr=lr, updates=updates,
                            batch_size=batch_size, mini_batch_size=mini_batch_size, ppo_epochs=ppo_epochs,
                            max_new_tokens=max_new_tokens, temperature=temperature, kl_coef=kl_coef,
                            kl_target=kl_target, no_eos_penalty=no_eos_penalty, seed=seed, eval_every=eval_every,
-                           checkpoint_every=checkpoint_every or None, out_dir=str(out),
-                           threads=ws.config.threads or os.cpu_count())
+                           checkpoint_every=checkpoint_every or None, out_dir=str(out), dtype=dtype,
+                           rollout_backend=rollout_backend, threads=threads or ws.config.threads or os.cpu_count())
     run_id = store.start_run("ppo", ws.config.round, {k: str(v) for k, v in vars(cfg).items()} | {"reward_fn": reward_fn},
-                             str(out))
+                             str(out)) if main else None
     try:
         res = recipe.train(cfg, prompts, reward_fn=fn, eval_prompts=eval_prompts,
                            gold_fn=gold_score if gold else None, resume=resume)
     except BaseException:
-        store.finish_run(run_id, "failed")
+        if main:
+            store.finish_run(run_id, "failed")
         raise
     m = res.metrics
+    if not main:  # the main process records and reports the run
+        return
     store.finish_run(run_id, "done", {k: v for k, v in m.items() if k != "config"})
     last = m.get("last", {})
     summary = f"{res.updates} updates in {m['seconds'] / 60:.1f} min; last batch: reward {last.get('reward', 0):.3f}, " \

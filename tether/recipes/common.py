@@ -5,7 +5,9 @@ Kept to what two or more recipes need; each recipe still reads top to bottom on 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import random
 import shutil
@@ -33,6 +35,11 @@ def make_accelerator(dtype: str, stage: str):
     precision = {"float32": "no", "bfloat16": "bf16"}.get(dtype)
     if precision is None:
         raise TetherError(f"{stage}: dtype must be 'float32' or 'bfloat16', not '{dtype}'")
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", precision)  # set by `accelerate launch` configs
+    if launched != precision:  # the recipe reads cfg.dtype too (e.g. which log-probs to recompute): no silent mix
+        want = {"no": "float32", "bf16": "bfloat16"}.get(launched, launched)
+        raise TetherError(f"{stage}: the accelerate config asks for mixed_precision '{launched}' but dtype is "
+                          f"'{dtype}': pass --dtype {want} (or launch with --mixed_precision {precision})")
     kwargs = {"cpu": not torch.cuda.is_available(), "mixed_precision": precision}
     try:
         return Accelerator(**kwargs)
@@ -125,3 +132,71 @@ def accelerate_broadcast(obj):
     box = [obj]
     broadcast_object_list(box)
     return box[0]
+
+
+# --- several processes: which micro-batches, gradient accumulation, summed metrics ----------------
+
+def step_micro_batches(step: int, per_step: int, n_plan: int, rank: int, world: int) -> tuple[list, int]:
+    """This process's share of optimizer step `step` of a batch plan: ([(plan index, real)], n), where
+    n is the step's micro-batches on all processes (per_step = grad_accum x world, fewer at the end).
+
+    They are dealt round-robin, so which micro-batches form a step does not depend on the process
+    count, only which process computes them. Every process gets ceil(n / world) of them, so DDP,
+    FSDP and DeepSpeed see the same collectives everywhere: one short of that repeats the step's first
+    micro-batch with real=False, to be weighted 0. Weight a real one's mean loss by world / n: DDP
+    averages gradients over processes, so the step's gradient is the mean over its n micro-batches."""
+    first = step * per_step
+    n = min(per_step, n_plan - first)
+    mine = [(m, True) for m in range(first + rank, first + n, world)]
+    return mine + [(first, False)] * (-(-n // world) - len(mine)), n
+
+
+@contextlib.contextmanager
+def accumulating(accelerator, model, last: bool):
+    """Forward and backward of one micro-batch of an optimizer step: gradients are all-reduced only
+    on the `last` one (DDP/FSDP no_sync), and DeepSpeed, which steps its optimizer inside backward,
+    is told whether this backward ends the step."""
+    accelerator.gradient_state._set_sync_gradients(last)
+    try:
+        with contextlib.nullcontext() if last else accelerator.no_sync(model):
+            yield
+    finally:
+        accelerator.gradient_state._set_sync_gradients(True)
+
+
+def all_sum(accelerator, values: dict[str, float]) -> dict[str, float]:
+    """Each value summed over all processes (one all-reduce); the values themselves with one process.
+    Metrics are logged as sums over everything the processes did, divided by summed counts."""
+    if accelerator.num_processes == 1 or not values:
+        return {k: float(v) for k, v in values.items()}
+    t = torch.tensor([float(v) for v in values.values()], dtype=torch.float64, device=accelerator.device)
+    return dict(zip(values, accelerator.reduce(t, "sum").tolist()))
+
+
+def grad_norm_value(norm) -> float:
+    """accelerator.clip_grad_norm_'s result as a float (DeepSpeed clips inside its step and may give None)."""
+    return float("nan") if norm is None else float(norm)
+
+
+def masked_moments(accelerator, x: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
+    """(mean, unbiased variance) of the valid entries of x on all processes together (two passes, as
+    `algos.advantages.masked_var`), so per-batch statistics mean the global batch at any process count."""
+    m = mask.bool()
+    s = all_sum(accelerator, {"n": m.sum(), "sum": torch.where(m, x, 0.0).sum()})
+    mean = s["sum"] / max(s["n"], 1.0)
+    sq = all_sum(accelerator, {"sq": torch.where(m, (x - mean) ** 2, 0.0).sum()})["sq"]
+    return mean, sq / max(s["n"] - 1.0, 1.0)
+
+
+def whiten_across(accelerator, x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
+                  eps: float = 1e-8) -> torch.Tensor:
+    """`algos.advantages.masked_whiten` with the mean and variance of the global batch (Huang et al. 2022
+    whiten per batch; a batch split over processes is still one batch). Padding becomes 0."""
+    mean, var = masked_moments(accelerator, x, mask)
+    out = (x - mean) / math.sqrt(var + eps) + (0.0 if shift_mean else mean)  # (B, T)
+    return torch.where(mask.bool(), out, 0.0)
+
+
+def gather_cpu(accelerator, x: torch.Tensor) -> torch.Tensor:
+    """x (same shape on every process) concatenated over processes along dim 0, on the CPU."""
+    return x if accelerator.num_processes == 1 else accelerator.gather(x.to(accelerator.device)).cpu()

@@ -48,7 +48,8 @@ from tether import models, reward
 from tether.algos.losses import dpo_loss, ipo_loss, logprobs_from_hidden, logprobs_from_logits
 from tether.errors import TetherError
 from tether.models import BUNDLED, LoraSettings
-from tether.recipes.common import make_accelerator, save_checkpoint
+from tether.recipes.common import (accumulating, all_sum, grad_norm_value, make_accelerator, save_checkpoint,
+                                   step_micro_batches)
 from tether.recipes.rm import (PreferenceExample, batches_keeping_groups,
                                split_eval)
 
@@ -330,12 +331,12 @@ def train(cfg: DPOConfig, pairs: list[PreferenceExample], eval_pairs: list[Prefe
     size = [len(t.prompt) + len(t.chosen) + len(t.rejected) for t in toks]
     plan = [b for _ in range(cfg.epochs)
             for b in batches_keeping_groups([p.group for p in pairs], cfg.batch_size, rng, size if cfg.bucket else None)]
-    plan += plan[:(-len(plan)) % world]  # every process gets the same number of micro-batches
     per_step = cfg.grad_accum * world
     total_steps = math.ceil(len(plan) / per_step)
     token_lists = [[t.prompt, t.chosen, t.rejected] for t in toks + eval_toks]
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _FREE_ON_RESUME}
-    fingerprint = hashlib.sha256(json.dumps([settings, plan, token_lists, weights.tolist(), world]).encode()).hexdigest()
+    settings["grad_accum"] = per_step  # the global batch: resumable on another process count that keeps it
+    fingerprint = hashlib.sha256(json.dumps([settings, plan, token_lists, weights.tolist()]).encode()).hexdigest()
     ref_key = hashlib.sha256(json.dumps([_model_stamp(cfg.model), cfg.dtype, token_lists]).encode()).hexdigest()
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -352,7 +353,8 @@ def train(cfg: DPOConfig, pairs: list[PreferenceExample], eval_pairs: list[Prefe
     saved = ckpt / "tether_state.json"
     state = json.loads(saved.read_text()) if resume and saved.is_file() else None
     if state and state["fingerprint"] != fingerprint:
-        raise TetherError(f"dpo: {ckpt} was written for other data or settings; remove it or run without resume")
+        raise TetherError(f"dpo: {ckpt} was written for other data or settings (or another global batch: "
+                          f"batch_size x grad_accum x processes); remove it or run without resume")
 
     # the reference: log-probs of the starting policy (adapter disabled), once, before any update or resume
     cached = torch.load(ref_file) if ref_file.is_file() else None
@@ -408,20 +410,19 @@ def train(cfg: DPOConfig, pairs: list[PreferenceExample], eval_pairs: list[Prefe
     with Progress(*columns, disable=not (show_progress and main)) as bar:
         task = bar.add_task("dpo", total=total_steps, completed=step, loss="-", acc="-")
         while step < total_steps:
-            first = step * per_step
-            micro = list(range(first, min(first + per_step, len(plan))))[rank::world]
+            micro, n_step = step_micro_batches(step, per_step, len(plan), rank, world)
             lr_now = scheduler.get_last_lr()[0]
-            for k, m in enumerate(micro):
+            for k, (m, real) in enumerate(micro):
                 batch = plan[m]
                 b = collate([toks[i] for i in batch], pad, cfg.share_prompt)
-                with contextlib.nullcontext() if k == len(micro) - 1 else accelerator.no_sync(policy):
+                with accumulating(accelerator, policy, k == len(micro) - 1):
                     with accelerator.autocast():
                         logps = policy(**{key: v.to(device) for key, v in b.items()}, n_pairs=len(batch))  # (B, 2)
                     loss, stats = batch_loss(cfg, eps, logps.float(), ref[batch].to(device), counts[batch].to(device),
                                              weights[batch].to(device))
-                    accelerator.backward(loss / len(micro))
+                    accelerator.backward(loss * (real * world / n_step))  # the mean over the step's micro-batches
                 for key, v in stats.items():
-                    window[key] = window.get(key, 0.0) + v
+                    window[key] = window.get(key, 0.0) + v * real
             grad_norm = accelerator.clip_grad_norm_(policy.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
@@ -431,10 +432,11 @@ def train(cfg: DPOConfig, pairs: list[PreferenceExample], eval_pairs: list[Prefe
                 raise TetherError(f"dpo: the loss became {window['loss']} at step {step}; try a lower lr or float32")
 
             if step % cfg.log_every == 0 or step == total_steps:
+                window = all_sum(accelerator, window)  # over all processes
                 now, n = time.perf_counter(), window.pop("pairs")
                 log({"step": step} | {key: v / n for key, v in window.items()} | {
-                    "lr": lr_now, "grad_norm": float(grad_norm), "seconds": now - t0,
-                    "pairs_per_s": n * world / max(now - t_log, 1e-9)})
+                    "lr": lr_now, "grad_norm": grad_norm_value(grad_norm), "seconds": now - t0,
+                    "pairs_per_s": n / max(now - t_log, 1e-9)})
                 bar.update(task, loss=f"{window['loss'] / n:.3f}", acc=f"{window['accuracy'] / n:.2f}")
                 window, t_log = {}, now
             bar.update(task, completed=step)

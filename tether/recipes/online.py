@@ -23,6 +23,9 @@ Loss normalisation: the token mean over all response tokens of the optimizer ste
 eq. 3's per-sequence mean, which weighs a token of a short answer more than one of a long answer.
 The k3 term is averaged the same way. Gradients are accumulated over `micro_batch_size` chunks, each
 weighted by its share of the step's tokens, so micro-batching bounds memory without changing the update.
+Under `accelerate launch`, `prompts_per_update` is per process, each sample is drawn from its own seed
+(the samples do not depend on the process count), the token mean is over the tokens of all processes,
+and metrics are over the global batch.
 
 Training log-probs (loss, ratio, KL terms) use logits / temperature, matching the sampler (Huang et
 al. 2022); KL is *reported* as nats per sequence, summed over response tokens, from the raw logits,
@@ -47,14 +50,16 @@ from pathlib import Path
 
 import torch
 
-from tether import models, reward, rollout
+from tether import models, reward, rollout, rollout_vllm
 from tether.algos.advantages import grpo_advantages, masked_mean, rloo_advantages
 from tether.algos.kl import kl_k3
+from tether.algos.offpolicy import truncated_importance_weights
 from tether.algos.losses import entropy_from_logits, logprobs_from_logits, ppo_policy_loss
 from tether.errors import TetherError
 from tether.models import prompt_text
-from tether.recipes.common import (GoldFn, MetricsLog, Prompt, RewardFn, accelerate_broadcast, load_checkpoint_state,
-                                   make_accelerator, prompt_order, save_checkpoint)
+from tether.recipes.common import (GoldFn, MetricsLog, Prompt, RewardFn, accelerate_broadcast, accumulating, all_sum,
+                                   gather_cpu, grad_norm_value, load_checkpoint_state, make_accelerator, prompt_order,
+                                   save_checkpoint)
 from tether.recipes.ppo import trim
 from tether.rollout import pack, response_logits
 
@@ -87,6 +92,8 @@ class OnlineConfig:
     rm_max_length: int = 512  # tokens of prompt‖response the reward model reads
     seed: int = 0
     dtype: str = "float32"  # or "bfloat16" (autocast; fast on GPUs, slow on most CPUs)
+    rollout_backend: str = "hf"  # "hf" (transformers) or "vllm" (CUDA + vllm; rollout_vllm.py), TIS-corrected
+    tis_cap: float = 2.0  # vllm: truncation C of the importance weights (algos.offpolicy)
     threads: int | None = None  # torch CPU threads (None: leave as is)
     log_every: int = 1
     eval_every: int | None = None  # updates between held-out evaluations (always at the end)
@@ -122,6 +129,7 @@ class Samples:
     ref_raw_logprobs: torch.Tensor  # (B, T) reference, raw logits (reporting)
     scores: torch.Tensor  # (B,) reward of each response, no-EOS penalty applied
     rm_scores: torch.Tensor  # (B,) reward before the penalty
+    engine_logprobs: torch.Tensor | None = None  # (B, T) the vLLM engine's log-probs of the samples (TIS)
 
     @property
     def width(self) -> int:
@@ -201,6 +209,7 @@ def train(cfg: OnlineConfig, prompts: list[Prompt], reward_fn: RewardFn | None =
 
     # --- setup ----------------------------------------------------------------------------------
     kl_in, name = check(cfg), cfg.estimator
+    rollout_vllm.check_backend(cfg.rollout_backend, name)
     if (reward_fn is None) == (cfg.reward_model is None):
         raise TetherError(f"{name}: give exactly one reward: a reward model folder or a reward function")
     if cfg.threads:
@@ -219,6 +228,8 @@ def train(cfg: OnlineConfig, prompts: list[Prompt], reward_fn: RewardFn | None =
         rm, rm_tok = reward.load_reward_model(cfg.reward_model)
         rm = rm.to(device).requires_grad_(False)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    engine = rollout_vllm.VLLMRollout(models.resolve(cfg.policy), tok, seed=cfg.seed) \
+        if cfg.rollout_backend == "vllm" else None
     batch_size = cfg.prompts_per_update * cfg.k  # samples per update and process
     mini = cfg.mini_batch_size or batch_size
     one_step = cfg.ppo_epochs == 1 and mini == batch_size  # one optimizer step per batch: groups stay together
@@ -238,8 +249,10 @@ def train(cfg: OnlineConfig, prompts: list[Prompt], reward_fn: RewardFn | None =
     accelerator.register_for_checkpointing(scheduler)
     settings = {k: v for k, v in dataclasses.asdict(cfg).items()
                 if k not in ("threads", "log_every", "eval_every", "checkpoint_every", "out_dir", "stop_after",
-                             "micro_batch_size")}
-    fingerprint = hashlib.sha256(json.dumps([settings, encoded, world, getattr(reward_fn, "__name__", None)],
+                             "micro_batch_size", "rollout_backend")}
+    settings |= {"prompts_per_update": cfg.prompts_per_update * world,  # the global batch
+                 "mini_batch_size": cfg.mini_batch_size and cfg.mini_batch_size * world}
+    fingerprint = hashlib.sha256(json.dumps([settings, encoded, getattr(reward_fn, "__name__", None)],
                                             default=str).encode()).hexdigest()
     update = 0
     state = load_checkpoint_state(ckpt) if resume and main else None
@@ -247,8 +260,8 @@ def train(cfg: OnlineConfig, prompts: list[Prompt], reward_fn: RewardFn | None =
         state = accelerate_broadcast(state)
     if state is not None:
         if state["fingerprint"] != fingerprint:
-            raise TetherError(f"{name}: {ckpt} was written for other prompts or settings; remove it or run "
-                              "without --resume")
+            raise TetherError(f"{name}: {ckpt} was written for other prompts or settings (or another global "
+                              "batch: prompts_per_update x processes); remove it or run without --resume")
         accelerator.load_state(str(ckpt))
         update = state["update"]
     if main and update == 0:
@@ -268,14 +281,21 @@ def train(cfg: OnlineConfig, prompts: list[Prompt], reward_fn: RewardFn | None =
         return torch.tensor([float(v) for v in values], dtype=torch.float32)
 
     @torch.no_grad()
-    def collect(batch: list[Prompt], ids: list[list[int]], seed: int, k: int = 1) -> Samples:
+    def collect(batch: list[Prompt], ids: list[list[int]], seed: int, k: int = 1,
+                seeds: list[int] | None = None) -> Samples:
         """Sample one response per row (rows keep their order; groups of k share a prompt); the policy's
         log-probs come from the decoding itself (float32), so the only extra no-grad pass is the reference's."""
         inner = accelerator.unwrap_model(policy).model
-        reuse = cfg.dtype == "float32"  # under autocast, recompute them as training will see them
-        gens = [g for b in rollout.generate(inner, tok, list(enumerate(ids)), temperature=cfg.temperature,
-                                            max_new_tokens=cfg.max_new_tokens, batch_size=len(ids), seed=seed,
-                                            with_states=reuse) for g in b]
+        reuse = cfg.dtype == "float32" and engine is None  # else recompute them as training will see them
+        if engine is not None:  # vLLM: push the current weights, then sample
+            engine.load_weights(inner)
+            gens = engine.generate(list(enumerate(ids)), temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                                   seeds=seeds or [seed + j for j in range(len(ids))],
+                                   stop_ids=rollout.eos_ids(inner, tok))
+        else:
+            gens = [g for b in rollout.generate(inner, tok, list(enumerate(ids)), temperature=cfg.temperature,
+                                                max_new_tokens=cfg.max_new_tokens, batch_size=len(ids), seed=seed,
+                                                with_states=reuse, seeds=seeds) for g in b]
         gens.sort(key=lambda g: g.key)  # generation sorts by prompt length; groups stay consecutive
         responses = [g.token_ids + ([g.stop_token] if g.finished else []) for g in gens]
         input_ids, attention, mask = pack(ids, responses, pad)
@@ -306,8 +326,14 @@ def train(cfg: OnlineConfig, prompts: list[Prompt], reward_fn: RewardFn | None =
         rm_scores = score(batch, texts, finished)
         fin = torch.tensor(finished)
         scores = rm_scores - cfg.no_eos_penalty * (~fin).float()  # (B,)
+        eng = None
+        if engine is not None:  # the engine's log-probs beside the trainer's; one it did not report: no correction
+            eng = torch.zeros((B, T))
+            for row, g in enumerate(gens):
+                eng[row, :g.num_tokens] = g.logprobs
+            eng = torch.where(eng.isnan(), cols["lp"], eng)
         return Samples(list(batch), texts, fin, input_ids, attention, mask, cols["lp"], cols["raw"], cols["ref"],
-                       cols["ref_raw"], scores, rm_scores)
+                       cols["ref_raw"], scores, rm_scores, eng)
 
     def golds(ro: Samples) -> list[float]:
         return [gold_fn(prompt_text(p), t, bool(f)) for p, t, f in zip(ro.prompts, ro.texts, ro.finished)]
@@ -339,14 +365,18 @@ def train(cfg: OnlineConfig, prompts: list[Prompt], reward_fn: RewardFn | None =
             t_update = time.perf_counter()
             idx = prompt_order(len(prompts), cfg.prompts_per_update, update, rank, world, cfg.seed)
             idx = [i for i in idx for _ in range(cfg.k)]  # k consecutive samples per prompt, as the estimators expect
-            ro = collect([prompts[i] for i in idx], [encoded[i] for i in idx],
-                         rollout.batch_seed(cfg.seed, update * world + rank), cfg.k)
+            first = (update * world + rank) * batch_size  # this process's place in the stream of samples
+            ro = collect([prompts[i] for i in idx], [encoded[i] for i in idx], cfg.seed, cfg.k,
+                         [rollout.batch_seed(cfg.seed, first + j) for j in range(batch_size)])
             t_sample = time.perf_counter() - t_update
 
             rewards = ro.scores  # (B,)
             if kl_in == "reward":  # RLOO: r = score - beta * sum_t k1_t (logits / temperature), then the baseline
                 rewards = rewards - cfg.beta * torch.where(ro.mask, ro.logprobs - ro.ref_logprobs, 0.0).sum(-1)
             advantages = estimator(rewards, cfg.k)  # (B,) one advantage per sequence
+            tis, w = {}, torch.ones(ro.mask.shape)  # (B, T) per-token weights: 1, or TIS when vLLM sampled
+            if ro.engine_logprobs is not None:  # truncated importance sampling (Yao et al. 2025)
+                w, tis = truncated_importance_weights(ro.logprobs, ro.engine_logprobs, ro.mask, cfg.tis_cap)
 
             mb_gen.manual_seed(cfg.seed * 1_000_003 + update)  # minibatch order reproducible on resume
             if one_step:  # micro-batches of whole groups, in order: each prompt runs once for its k responses
@@ -354,52 +384,60 @@ def train(cfg: OnlineConfig, prompts: list[Prompt], reward_fn: RewardFn | None =
             else:
                 steps = [mb.split(cfg.micro_batch_size) for _ in range(cfg.ppo_epochs)
                          for mb in torch.randperm(batch_size, generator=mb_gen).split(mini)]
-            stats: dict[str, list[float]] = {}
-            for micros in steps:  # one optimizer step each
-                n_tok = ro.mask[torch.cat(micros)].sum().clamp_min(1)  # tokens in this optimizer step
-                for micro in micros:
-                    x, a, width, t = trim(ro, micro)
-                    logits = policy(x.to(device), a.to(device), width, cfg.k if one_step else 1).float()  # (b, t, V)
-                    y = ro.input_ids[micro, ro.width:ro.width + t].to(device)  # (b, t)
-                    m = ro.mask[micro, :t].to(device)  # (b, t)
-                    scaled = logits / cfg.temperature  # (b, t, V)
-                    new_lp = logprobs_from_logits(scaled, y)  # (b, t)
-                    adv = advantages[micro].to(device).unsqueeze(1).expand(-1, t)  # (b, t) broadcast
-                    pg, pg_stats = ppo_policy_loss(new_lp, ro.logprobs[micro, :t].to(device), adv, m,
-                                                   cfg.clip_eps)  # token mean over the micro-batch
-                    share = m.sum() / n_tok.to(device)  # -> token mean over the optimizer step
-                    lp_m = torch.where(m, new_lp, 0.0)  # padding zeroed before exp (no inf * 0)
-                    ref_m = torch.where(m, ro.ref_logprobs[micro, :t].to(device), 0.0)
-                    k3 = masked_mean(kl_k3(lp_m, ref_m), m)  # () GRPO eq. 4, logits / temperature
-                    loss = (pg + cfg.beta * k3 if kl_in == "loss" else pg) * share  # GRPO eq. 3: + beta * D_KL
-                    accelerator.backward(loss)
+            stats: dict[str, float] = {}
+            local = {str(j): ro.mask[torch.cat(micros)].sum() for j, micros in enumerate(steps)}
+            n_toks = all_sum(accelerator, local)  # response tokens of each optimizer step, all processes
+            for j, micros in enumerate(steps):  # one optimizer step each
+                n_tok = torch.tensor(max(n_toks[str(j)], 1.0))  # tokens in this optimizer step
+                for i_micro, micro in enumerate(micros):
+                    with accumulating(accelerator, policy, i_micro == len(micros) - 1):  # one all-reduce per step
+                        x, a, width, t = trim(ro, micro)
+                        logits = policy(x.to(device), a.to(device), width, cfg.k if one_step else 1).float()  # (b, t, V)
+                        y = ro.input_ids[micro, ro.width:ro.width + t].to(device)  # (b, t)
+                        m = ro.mask[micro, :t].to(device)  # (b, t)
+                        scaled = logits / cfg.temperature  # (b, t, V)
+                        new_lp = logprobs_from_logits(scaled, y)  # (b, t)
+                        adv = advantages[micro].to(device).unsqueeze(1) * w[micro, :t].to(device)  # (b, t) broadcast
+                        pg, pg_stats = ppo_policy_loss(new_lp, ro.logprobs[micro, :t].to(device), adv, m,
+                                                       cfg.clip_eps)  # token mean over the micro-batch
+                        share = m.sum() / n_tok.to(device)  # -> token mean over the optimizer step
+                        lp_m = torch.where(m, new_lp, 0.0)  # padding zeroed before exp (no inf * 0)
+                        ref_m = torch.where(m, ro.ref_logprobs[micro, :t].to(device), 0.0)
+                        k3 = masked_mean(kl_k3(lp_m, ref_m), m)  # () GRPO eq. 4, logits / temperature
+                        loss = (pg + cfg.beta * k3 if kl_in == "loss" else pg) * share  # GRPO eq. 3: + beta * D_KL
+                        accelerator.backward(loss * world)  # DDP averages over processes
                     entropy = masked_mean(entropy_from_logits(scaled.detach()), m)
                     for k, v in [("policy_loss", pg), ("kl_loss", k3), ("entropy", entropy)] + list(pg_stats.items()):
-                        stats.setdefault(k, []).append(float(v.detach()))
+                        stats[k] = stats.get(k, 0.0) + float(v.detach()) * float(share) / len(steps)
                 grad_norm = accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                stats.setdefault("grad_norm", []).append(float(grad_norm))
+                stats["grad_norm"] = stats.get("grad_norm", 0.0) + grad_norm_value(grad_norm) / len(steps) / world
             lr_now = scheduler.get_last_lr()[0]
             scheduler.step()
             update += 1
-            if not all(math.isfinite(v) for v in stats["policy_loss"] + stats["grad_norm"]):
+            stats = all_sum(accelerator, stats)  # token-weighted means over all processes
+            if not all(math.isfinite(stats[k]) for k in ("policy_loss", "grad_norm")):
                 raise TetherError(f"{name}: the loss became non-finite at update {update}; try a lower lr or float32")
 
             k1, k3 = ro.kl()  # (B,), (B,)
-            spread = ro.scores.view(-1, cfg.k)  # (G, k) the score each group's baseline sees (before any KL)
-            record = {"step": update, "reward": float(ro.rm_scores.mean()), "reward_std": float(ro.rm_scores.std()),
-                      "score": float(ro.scores.mean()), "kl": float(k1.mean()), "kl_k3": float(k3.mean()),
-                      "beta": cfg.beta, "advantage_abs": float(advantages.abs().mean()),
+            g = {k: gather_cpu(accelerator, v.float()) for k, v in {  # (B * world,) the global batch
+                "rm": ro.rm_scores, "score": ro.scores, "k1": k1, "k3": k3, "adv": advantages.abs(),
+                "len": ro.mask.sum(-1), "eos": ro.finished, "shaped": rewards - ro.scores,
+                "gold": torch.tensor(golds(ro) if gold_fn is not None else [0.0] * len(ro.texts))}.items()}
+            spread = g["score"].view(-1, cfg.k)  # (G, k) the score each group's baseline sees (before any KL)
+            record = {"step": update, "reward": float(g["rm"].mean()), "reward_std": float(g["rm"].std()),
+                      "score": float(g["score"].mean()), "kl": float(g["k1"].mean()), "kl_k3": float(g["k3"].mean()),
+                      "beta": cfg.beta, "advantage_abs": float(g["adv"].mean()),
                       "zero_std_groups": float((spread.max(1).values == spread.min(1).values).float().mean()),
-                      "length": float(ro.mask.sum(-1).float().mean()), "eos": float(ro.finished.float().mean()),
+                      "length": float(g["len"].mean()), "eos": float(g["eos"].mean()),
                       "lr": lr_now, "sample_seconds": t_sample, "seconds": time.perf_counter() - t0,
-                      "samples_per_s": batch_size * world / (time.perf_counter() - t_update)}
+                      "samples_per_s": len(g["rm"]) / (time.perf_counter() - t_update)}
             if kl_in == "reward":
-                record["non_score_reward"] = float((rewards - ro.scores).mean())
-            record |= {k: sum(v) / len(v) for k, v in stats.items()}
+                record["non_score_reward"] = float(g["shaped"].mean())
+            record |= stats | {k: v / world for k, v in all_sum(accelerator, tis).items()}
             if gold_fn is not None:
-                record["gold"] = sum(golds(ro)) / len(ro.texts)
+                record["gold"] = float(g["gold"].mean())
             if update % cfg.log_every == 0 or update == cfg.updates:
                 metrics_log.log(record)
             bar.update(task, completed=update, r=f"{record['reward']:.3f}", kl=f"{record['kl']:.2f}")

@@ -24,7 +24,11 @@ in the RM by `tether rm`). How this departs from InstructGPT:
 
 KL is reported as nats per sequence, summed over response tokens, from the *raw* logits (not divided
 by the temperature), averaged over the policy's own samples: `kl` (k1) and `kl_k3`.
-`batch_size` is per process; under `accelerate launch` each process samples its own batch.
+`batch_size` and `mini_batch_size` are per process; under `accelerate launch` each process samples its
+own share of the global batch, each sample from its own seed (so the samples do not depend on the
+process count), and advantages are whitened, losses token-averaged and metrics taken over the global
+batch. Minibatches are drawn within each process's share, so with mini_batch_size < batch_size their
+composition (not their distribution) depends on the process count.
 """
 
 from __future__ import annotations
@@ -40,15 +44,17 @@ from pathlib import Path
 
 import torch
 
-from tether import models, reward, rollout
+from tether import models, reward, rollout, rollout_vllm
 from tether.models import prompt_text
 from tether.rollout import pack, response_logits
-from tether.algos.advantages import gae, kl_penalty_rewards, masked_mean, masked_var, masked_whiten
+from tether.algos.advantages import gae, kl_penalty_rewards, masked_mean
 from tether.algos.kl import AdaptiveKLController, FixedKLController, kl_k3
+from tether.algos.offpolicy import truncated_importance_weights
 from tether.algos.losses import entropy_from_logits, logprobs_from_logits, ppo_policy_loss, value_loss
 from tether.errors import TetherError
-from tether.recipes.common import (GoldFn, MetricsLog, Prompt, RewardFn, accelerate_broadcast, load_checkpoint_state,
-                                   make_accelerator, prompt_order, save_checkpoint)
+from tether.recipes.common import (GoldFn, MetricsLog, Prompt, RewardFn, accelerate_broadcast, all_sum, gather_cpu,
+                                   grad_norm_value, load_checkpoint_state, make_accelerator, masked_moments,
+                                   prompt_order, save_checkpoint, whiten_across)
 
 
 
@@ -81,6 +87,8 @@ class PPOConfig:
     rm_max_length: int = 512  # tokens of prompt‖response the reward model reads
     seed: int = 0
     dtype: str = "float32"  # or "bfloat16" (autocast; fast on GPUs, slow on most CPUs)
+    rollout_backend: str = "hf"  # "hf" (transformers) or "vllm" (CUDA + vllm; rollout_vllm.py), TIS-corrected
+    tis_cap: float = 2.0  # vllm: truncation C of the importance weights (algos.offpolicy)
     threads: int | None = None  # torch CPU threads (None: leave as is)
     log_every: int = 1
     eval_every: int | None = None  # updates between held-out evaluations (always at the end)
@@ -118,6 +126,7 @@ class Rollout:
     scores: torch.Tensor  # (B,) reward of each response, no-EOS penalty applied
     rm_scores: torch.Tensor  # (B,) reward before the penalty
     rm_std: torch.Tensor  # (B,) ensemble spread (0 for one head or a function)
+    engine_logprobs: torch.Tensor | None = None  # (B, T) the vLLM engine's log-probs of the samples (TIS)
 
     @property
     def width(self) -> int:
@@ -171,6 +180,7 @@ def train(cfg: PPOConfig, prompts: list[Prompt], reward_fn: RewardFn | None = No
                           f"({cfg.mini_batch_size})")
     if cfg.temperature <= 0:
         raise TetherError("ppo: temperature must be > 0 (PPO needs sampled responses)")
+    rollout_vllm.check_backend(cfg.rollout_backend, "ppo")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
@@ -187,6 +197,8 @@ def train(cfg: PPOConfig, prompts: list[Prompt], reward_fn: RewardFn | None = No
         rm, rm_tok = reward.load_reward_model(cfg.reward_model)
         rm = rm.to(device).requires_grad_(False)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    engine = rollout_vllm.VLLMRollout(models.resolve(cfg.policy), tok, seed=cfg.seed) \
+        if cfg.rollout_backend == "vllm" else None
 
     encoded = [models.encode_prompt(tok, p) for p in prompts]
     keep = [i for i, ids in enumerate(encoded) if len(ids) <= cfg.max_prompt_length]
@@ -204,8 +216,10 @@ def train(cfg: PPOConfig, prompts: list[Prompt], reward_fn: RewardFn | None = No
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target
               else FixedKLController(cfg.kl_coef))
     settings = {k: v for k, v in dataclasses.asdict(cfg).items()
-                if k not in ("threads", "log_every", "eval_every", "checkpoint_every", "out_dir", "stop_after")}
-    fingerprint = hashlib.sha256(json.dumps([settings, encoded, world, getattr(reward_fn, "__name__", None)],
+                if k not in ("threads", "log_every", "eval_every", "checkpoint_every", "out_dir", "stop_after",
+                             "rollout_backend")}
+    settings |= {"batch_size": cfg.batch_size * world, "mini_batch_size": cfg.mini_batch_size * world}  # global
+    fingerprint = hashlib.sha256(json.dumps([settings, encoded, getattr(reward_fn, "__name__", None)],
                                             default=str).encode()).hexdigest()
     update = 0
     state = load_checkpoint_state(ckpt) if resume and main else None
@@ -213,7 +227,8 @@ def train(cfg: PPOConfig, prompts: list[Prompt], reward_fn: RewardFn | None = No
         state = accelerate_broadcast(state)
     if state is not None:
         if state["fingerprint"] != fingerprint:
-            raise TetherError(f"ppo: {ckpt} was written for other prompts or settings; remove it or run without --resume")
+            raise TetherError(f"ppo: {ckpt} was written for other prompts or settings (or another global batch: "
+                              "batch_size x processes); remove it or run without --resume")
         accelerator.load_state(str(ckpt))
         kl_ctl.load_state_dict(state["kl_ctl"])
         update = state["update"]
@@ -234,14 +249,20 @@ def train(cfg: PPOConfig, prompts: list[Prompt], reward_fn: RewardFn | None = No
         return torch.tensor(values, dtype=torch.float32), torch.zeros(len(texts))
 
     @torch.no_grad()
-    def collect(batch: list[Prompt], ids: list[list[int]], seed: int) -> Rollout:
-        """Sample one response per prompt; log-probs and values come from the decoding itself (float32),
-        so the only extra no-grad pass is the reference's."""
+    def collect(batch: list[Prompt], ids: list[list[int]], seed: int, seeds: list[int] | None = None) -> Rollout:
+        """Sample one response per prompt (`seeds`: one per prompt); log-probs and values come from the
+        decoding itself (float32), so the only extra no-grad pass is the reference's."""
         inner = accelerator.unwrap_model(policy)
-        reuse = cfg.dtype == "float32"  # under autocast, recompute them as training will see them
-        gens = next(rollout.generate(inner.model, tok, list(enumerate(ids)), temperature=cfg.temperature,
-                                     max_new_tokens=cfg.max_new_tokens, batch_size=len(ids), seed=seed,
-                                     with_states=reuse))
+        reuse = cfg.dtype == "float32" and engine is None  # else recompute them as training will see them
+        if engine is not None:  # vLLM: push the current weights, then sample
+            engine.load_weights(inner.model)
+            gens = engine.generate(list(enumerate(ids)), temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                                   seeds=seeds or [seed + j for j in range(len(ids))],
+                                   stop_ids=rollout.eos_ids(inner.model, tok))
+        else:
+            gens = next(rollout.generate(inner.model, tok, list(enumerate(ids)), temperature=cfg.temperature,
+                                         max_new_tokens=cfg.max_new_tokens, batch_size=len(ids), seed=seed,
+                                         with_states=reuse, seeds=seeds))
         order = [g.key for g in gens]  # generation sorts by prompt length
         responses = [g.token_ids + ([g.stop_token] if g.finished else []) for g in gens]
         input_ids, attention, mask = pack([ids[i] for i in order], responses, pad)
@@ -277,8 +298,14 @@ def train(cfg: PPOConfig, prompts: list[Prompt], reward_fn: RewardFn | None = No
         scores = rm_scores - cfg.no_eos_penalty * (~fin).float()  # (B,)
         kl_raw = torch.where(mask, cols["raw"] - cols["ref_raw"], 0.0)
         kl3 = torch.where(mask, kl_k3(cols["raw"], cols["ref_raw"]), 0.0)
+        eng = None
+        if engine is not None:  # the engine's log-probs beside the trainer's; one it did not report: no correction
+            eng = torch.zeros((B, T))
+            for row, g in enumerate(gens):
+                eng[row, :g.num_tokens] = g.logprobs
+            eng = torch.where(eng.isnan(), cols["lp"], eng)
         return Rollout(ps, texts, fin, input_ids, attention, mask, cols["lp"], cols["ref"], kl_raw, kl3,
-                       cols["v"], scores, rm_scores, rm_std)
+                       cols["v"], scores, rm_scores, rm_std, eng)
 
     def golds(ro: Rollout) -> list[float]:
         return [gold_fn(prompt_text(p), t, bool(f)) for p, t, f in zip(ro.prompts, ro.texts, ro.finished)]
@@ -308,61 +335,78 @@ def train(cfg: PPOConfig, prompts: list[Prompt], reward_fn: RewardFn | None = No
         while update < cfg.updates:
             t_update = time.perf_counter()
             idx = prompt_order(len(prompts), cfg.batch_size, update, rank, world, cfg.seed)
-            ro = collect([prompts[i] for i in idx], [encoded[i] for i in idx],
-                         rollout.batch_seed(cfg.seed, update * world + rank))
+            first = (update * world + rank) * cfg.batch_size  # this process's place in the prompt stream
+            ro = collect([prompts[i] for i in idx], [encoded[i] for i in idx], cfg.seed,
+                         [rollout.batch_seed(cfg.seed, first + j) for j in range(cfg.batch_size)])
             t_sample = time.perf_counter() - t_update
 
             # per-token rewards: -beta * k1 on every token, the score on the last (InstructGPT eq. 2)
             rewards, kl = kl_penalty_rewards(ro.scores, ro.logprobs, ro.ref_logprobs, ro.mask, kl_ctl.value)  # (B, T)
             if cfg.whiten_rewards:
-                rewards = masked_whiten(rewards, ro.mask, shift_mean=False)
+                rewards = whiten_across(accelerator, rewards, ro.mask, shift_mean=False)
             advantages, returns = gae(rewards, ro.values, ro.mask, cfg.gamma, cfg.lam)  # (B, T), (B, T)
-            advantages = masked_whiten(advantages, ro.mask)  # (B, T)
+            advantages = whiten_across(accelerator, advantages, ro.mask)  # (B, T) over the global batch
+            tis = {}
+            if ro.engine_logprobs is not None:  # sampled by vLLM: truncated importance sampling (Yao et al. 2025)
+                w, tis = truncated_importance_weights(ro.logprobs, ro.engine_logprobs, ro.mask, cfg.tis_cap)
+                advantages = advantages * w  # (B, T) = weighting each token's clipped loss by w
 
-            stats: dict[str, list[float]] = {}
+            stats: dict[str, float] = {}
             mb_gen.manual_seed(cfg.seed * 1_000_003 + update)  # minibatch order reproducible on resume
-            for _ in range(cfg.ppo_epochs):
-                for mb in torch.randperm(len(ro.texts), generator=mb_gen).split(cfg.mini_batch_size):
-                    x, a, width, t = trim(ro, mb)
-                    logits, values = policy(x.to(device), a.to(device), width)  # (b, t, V), (b, t)
-                    logits = logits.float() / cfg.temperature
-                    m = ro.mask[mb, :t].to(device)
-                    new_lp = logprobs_from_logits(logits, ro.input_ids[mb, ro.width:ro.width + t].to(device))
-                    pg, pg_stats = ppo_policy_loss(new_lp, ro.logprobs[mb, :t].to(device),
-                                                   advantages[mb, :t].to(device), m, cfg.clip_eps)
-                    vf, vf_stats = value_loss(values, ro.values[mb, :t].to(device), returns[mb, :t].to(device), m,
-                                              cfg.vf_clip)
-                    entropy = masked_mean(entropy_from_logits(logits if cfg.ent_coef else logits.detach()), m)
-                    loss = pg + cfg.vf_coef * vf - cfg.ent_coef * entropy
-                    accelerator.backward(loss)
-                    grad_norm = accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    for k, v in [("policy_loss", pg), ("value_loss", vf), ("entropy", entropy),
-                                 ("grad_norm", grad_norm)] + list(pg_stats.items()) + list(vf_stats.items()):
-                        stats.setdefault(k, []).append(float(v.detach()) if torch.is_tensor(v) else float(v))
+            mbs = [mb for _ in range(cfg.ppo_epochs)
+                   for mb in torch.randperm(len(ro.texts), generator=mb_gen).split(cfg.mini_batch_size)]
+            local = {str(j): ro.mask[mb].sum() for j, mb in enumerate(mbs)}
+            glob = all_sum(accelerator, local)  # response tokens of each minibatch on all processes
+            for j, mb in enumerate(mbs):
+                share = float(local[str(j)]) / max(glob[str(j)], 1.0)  # token means -> over the global minibatch
+                x, a, width, t = trim(ro, mb)
+                logits, values = policy(x.to(device), a.to(device), width)  # (b, t, V), (b, t)
+                logits = logits.float() / cfg.temperature
+                m = ro.mask[mb, :t].to(device)
+                new_lp = logprobs_from_logits(logits, ro.input_ids[mb, ro.width:ro.width + t].to(device))
+                pg, pg_stats = ppo_policy_loss(new_lp, ro.logprobs[mb, :t].to(device),
+                                               advantages[mb, :t].to(device), m, cfg.clip_eps)
+                vf, vf_stats = value_loss(values, ro.values[mb, :t].to(device), returns[mb, :t].to(device), m,
+                                          cfg.vf_clip)
+                entropy = masked_mean(entropy_from_logits(logits if cfg.ent_coef else logits.detach()), m)
+                loss = pg + cfg.vf_coef * vf - cfg.ent_coef * entropy
+                accelerator.backward(loss * (share * world))  # DDP averages over processes
+                grad_norm = accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                for k, v in [("policy_loss", pg), ("value_loss", vf), ("entropy", entropy)] + \
+                        list(pg_stats.items()) + list(vf_stats.items()):
+                    stats[k] = stats.get(k, 0.0) + float(v.detach()) * share / len(mbs)
+                stats["grad_norm"] = stats.get("grad_norm", 0.0) + grad_norm_value(grad_norm) / len(mbs) / world
             lr_now = scheduler.get_last_lr()[0]
             scheduler.step()
             seq_kl = ro.kl_raw.sum(-1)  # (B,) nats per sequence, raw logits
             kl_coef = kl_ctl.value
-            kl_ctl.update(float(torch.where(ro.mask, kl, 0.0).sum(-1).mean()), len(ro.texts) * world)
+            # per-sample quantities of the global batch (B * world,), for the controller and the log
+            g = {k: gather_cpu(accelerator, v.float()) for k, v in {
+                "rm": ro.rm_scores, "score": ro.scores, "kl": seq_kl, "k3": ro.kl3_raw.sum(-1),
+                "pen": torch.where(ro.mask, kl, 0.0).sum(-1), "len": ro.mask.sum(-1), "eos": ro.finished,
+                "std": ro.rm_std, "gold": torch.tensor(golds(ro) if gold_fn is not None else [0.0] * len(ro.texts))}.items()}
+            kl_ctl.update(float(g["pen"].mean()), len(g["pen"]))
             update += 1
-            if not all(math.isfinite(v) for v in stats["policy_loss"] + stats["value_loss"]):
+            stats = all_sum(accelerator, stats)  # token-weighted means over the global minibatches
+            if not all(math.isfinite(stats[k]) for k in ("policy_loss", "value_loss")):
                 raise TetherError(f"ppo: the loss became non-finite at update {update}; try a lower lr or float32")
 
-            record = {"step": update, "reward": float(ro.rm_scores.mean()), "reward_std": float(ro.rm_scores.std()),
-                      "score": float(ro.scores.mean()), "kl": float(seq_kl.mean()), "kl_k3": float(ro.kl3_raw.sum(-1).mean()),
-                      "kl_coef": kl_coef, "non_score_reward": float(-kl_coef * torch.where(ro.mask, kl, 0.0).sum(-1).mean()),
-                      "length": float(ro.mask.sum(-1).float().mean()), "eos": float(ro.finished.float().mean()),
-                      "explained_variance": float(1 - masked_var(returns - ro.values, ro.mask)
-                                                  / masked_var(returns, ro.mask).clamp_min(1e-8)),
+            explained = 1 - masked_moments(accelerator, returns - ro.values, ro.mask)[1] / max(
+                masked_moments(accelerator, returns, ro.mask)[1], 1e-8)
+            record = {"step": update, "reward": float(g["rm"].mean()), "reward_std": float(g["rm"].std()),
+                      "score": float(g["score"].mean()), "kl": float(g["kl"].mean()), "kl_k3": float(g["k3"].mean()),
+                      "kl_coef": kl_coef, "non_score_reward": float(-kl_coef * g["pen"].mean()),
+                      "length": float(g["len"].mean()), "eos": float(g["eos"].mean()),
+                      "explained_variance": float(explained),
                       "lr": lr_now, "sample_seconds": t_sample, "seconds": time.perf_counter() - t0,
-                      "samples_per_s": len(ro.texts) * world / (time.perf_counter() - t_update)}
-            record |= {k: sum(v) / len(v) for k, v in stats.items()}
+                      "samples_per_s": len(g["rm"]) / (time.perf_counter() - t_update)}
+            record |= stats | {k: v / world for k, v in all_sum(accelerator, tis).items()}
             if rm is not None and rm.config.num_labels > 1:
-                record["reward_uncertainty"] = float(ro.rm_std.mean())
+                record["reward_uncertainty"] = float(g["std"].mean())
             if gold_fn is not None:
-                record["gold"] = sum(golds(ro)) / len(ro.texts)
+                record["gold"] = float(g["gold"].mean())
             if update % cfg.log_every == 0 or update == cfg.updates:
                 metrics_log.log(record)
             bar.update(task, completed=update, r=f"{record['reward']:.3f}", kl=f"{record['kl']:.2f}")

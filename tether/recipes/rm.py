@@ -16,7 +16,6 @@ steps it already took and ends at the same step count.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -34,7 +33,8 @@ from tether import reward
 from tether.algos.losses import bradley_terry_loss
 from tether.errors import TetherError
 from tether.models import BUNDLED, LoraSettings
-from tether.recipes.common import make_accelerator, save_checkpoint
+from tether.recipes.common import (accumulating, all_sum, grad_norm_value, make_accelerator, save_checkpoint,
+                                   step_micro_batches)
 
 
 @dataclass
@@ -283,14 +283,14 @@ def train(cfg: RMConfig, pairs: list[PreferenceExample], eval_pairs: list[Prefer
     lengths = [max(len(c), len(r)) for c, r in zip(chosen, rejected)] if cfg.bucket else None
     plan = [b for _ in range(cfg.epochs)
             for b in batches_keeping_groups([p.group for p in pairs], cfg.batch_size, rng, lengths)]
-    plan += plan[:(-len(plan)) % world]  # every process gets the same number of micro-batches
     per_step = cfg.grad_accum * world
     total_steps = math.ceil(len(plan) / per_step)
     rating_order = rng.sample(range(len(rated)), len(rated))
     per_rating_batch = min(cfg.batch_size, len(rated))
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _FREE_ON_RESUME}
+    settings["grad_accum"] = per_step  # the global batch: resumable on another process count that keeps it
     inputs = [settings, plan, chosen, rejected, rated, weights.tolist(), targets.tolist(),
-              [p.margin for p in pairs], world]
+              [p.margin for p in pairs]]
     fingerprint = hashlib.sha256(json.dumps(inputs).encode()).hexdigest()
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -304,7 +304,8 @@ def train(cfg: RMConfig, pairs: list[PreferenceExample], eval_pairs: list[Prefer
     if resume and (ckpt / "tether_state.json").is_file():
         state = json.loads((ckpt / "tether_state.json").read_text())
         if state["fingerprint"] != fingerprint:
-            raise TetherError(f"rm: {ckpt} was written for other data or settings; remove it or run without resume")
+            raise TetherError(f"rm: {ckpt} was written for other data or settings (or another global batch: "
+                              f"batch_size x grad_accum x processes); remove it or run without resume")
         accelerator.load_state(str(ckpt))
         step = state["step"]
     if main:  # a fresh run starts clean; a resumed one forgets what the crash lost after its checkpoint
@@ -339,26 +340,24 @@ def train(cfg: RMConfig, pairs: list[PreferenceExample], eval_pairs: list[Prefer
     with Progress(*columns, disable=not (show_progress and main)) as bar:
         task = bar.add_task("rm", total=total_steps, completed=step, loss="-", acc="-")
         while step < total_steps:
-            first = step * per_step
-            micro = list(range(first, min(first + per_step, len(plan))))[rank::world]
+            micro, n_step = step_micro_batches(step, per_step, len(plan), rank, world)
             lr_now = scheduler.get_last_lr()[0]
-            for k, m in enumerate(micro):
+            for k, (m, real) in enumerate(micro):
                 batch, n = plan[m], len(plan[m])
                 extra = [rating_order[(m * per_rating_batch + j) % len(rated)] for j in range(per_rating_batch)]
                 input_ids, mask = reward.pad_batch([chosen[i] for i in batch] + [rejected[i] for i in batch]
                                                    + [rated[j] for j in extra], pad)  # (2B + R, T)
-                sync = k == len(micro) - 1
-                with contextlib.nullcontext() if sync else accelerator.no_sync(scorer):
+                with accumulating(accelerator, scorer, k == len(micro) - 1):
                     r = scorer(input_ids.to(device), mask.to(device))  # (2B + R, H)
                     loss, acc = weighted_bt_loss(r[:n], r[n:2 * n], weights[batch].to(device),
                                                  margins[batch].to(device) if margins is not None else None)
                     if extra:
                         mse = ((r[2 * n:].mean(-1) - targets[extra].to(device)) ** 2).mean()  # ()
                         loss = loss + cfg.regression_weight * mse
-                        window["mse"] += mse.item()
-                    accelerator.backward(loss / len(micro))
-                for key, value in (("loss", loss.item()), ("accuracy", acc.item()), ("n", 1), ("pairs", n * world)):
-                    window[key] += value
+                        window["mse"] += mse.item() * real
+                    accelerator.backward(loss * (real * world / n_step))  # the mean over the step's micro-batches
+                for key, value in (("loss", loss.item()), ("accuracy", acc.item()), ("n", 1), ("pairs", n)):
+                    window[key] += value * real
             grad_norm = accelerator.clip_grad_norm_(scorer.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
@@ -368,10 +367,10 @@ def train(cfg: RMConfig, pairs: list[PreferenceExample], eval_pairs: list[Prefer
                 raise TetherError(f"rm: the loss became {window['loss']} at step {step}; try a lower lr or float32")
 
             if step % cfg.log_every == 0 or step == total_steps:
-                now = time.perf_counter()
+                now, window = time.perf_counter(), all_sum(accelerator, window)  # over all processes
                 record = {"step": step, "loss": window["loss"] / window["n"],
                           "accuracy": window["accuracy"] / window["n"], "lr": lr_now,
-                          "grad_norm": float(grad_norm), "seconds": now - t0,
+                          "grad_norm": grad_norm_value(grad_norm), "seconds": now - t0,
                           "pairs_per_s": window["pairs"] / max(now - t_log, 1e-9)}
                 if rated:
                     record["mse"] = window["mse"] / window["n"]

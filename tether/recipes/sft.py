@@ -26,7 +26,6 @@ token so the model learns to stop. How it departs, to run fast on CPUs:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -338,7 +337,8 @@ def train(cfg: SFTConfig, examples: list, eval_examples: list | None = None, res
     from transformers import get_scheduler
 
     from tether.models import add_lora, load_policy, save_model
-    from tether.recipes.common import make_accelerator, save_checkpoint
+    from tether.recipes.common import (accumulating, all_sum, grad_norm_value, make_accelerator, save_checkpoint,
+                                       step_micro_batches)
     from tether.rollout import eos_ids, generate
 
     # --- setup ----------------------------------------------------------------------------------
@@ -385,13 +385,13 @@ def train(cfg: SFTConfig, examples: list, eval_examples: list | None = None, res
     while cfg.max_steps and len(plan) < cfg.max_steps * per_step:
         plan += epoch()
     plan = plan[:cfg.max_steps * per_step] if cfg.max_steps else plan
-    plan += plan[:(-len(plan)) % world]  # every process gets the same number of micro-batches
     total_steps = math.ceil(len(plan) / per_step)
     n_labels = [sum(y != -100 for y in labels[1:]) for _, labels in train_set]
     step_labels = [sum(n_labels[i] for b in plan[s * per_step:(s + 1) * per_step] for i in b)
                    for s in range(total_steps)]  # answer tokens per optimizer step, all processes
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _FREE_ON_RESUME}
-    digest = hashlib.sha256(json.dumps([settings, plan, world]).encode())
+    settings["grad_accum"] = per_step  # the global batch: resumable on another process count that keeps it
+    digest = hashlib.sha256(json.dumps([settings, plan]).encode())
     for ids, labels in train_set:
         digest.update(json.dumps([ids, labels]).encode())
     fingerprint = digest.hexdigest()
@@ -408,7 +408,8 @@ def train(cfg: SFTConfig, examples: list, eval_examples: list | None = None, res
     if resume and (ckpt / "tether_state.json").is_file():
         state = json.loads((ckpt / "tether_state.json").read_text())
         if state["fingerprint"] != fingerprint:
-            raise TetherError(f"sft: {ckpt} was written for other data or settings; remove it or run without resume")
+            raise TetherError(f"sft: {ckpt} was written for other data or settings (or another global batch: "
+                              f"batch_size x grad_accum x processes); remove it or run without resume")
         accelerator.load_state(str(ckpt))
         step = state["step"]
     if main:  # a fresh run starts clean; a resumed one forgets what the crash lost after its checkpoint
@@ -443,14 +444,15 @@ def train(cfg: SFTConfig, examples: list, eval_examples: list | None = None, res
     with Progress(*columns, disable=not (show_progress and main)) as bar:
         task = bar.add_task("sft", total=total_steps, completed=step, loss="-")
         while step < total_steps:
-            first = step * per_step
-            micro = list(range(first, min(first + per_step, len(plan))))[rank::world]
+            micro, _ = step_micro_batches(step, per_step, len(plan), rank, world)
             lr_now = scheduler.get_last_lr()[0]
-            for k, m in enumerate(micro):
+            for k, (m, real) in enumerate(micro):
                 packed = pack([train_set[i] for i in plan[m]], pad, capacity)
-                with contextlib.nullcontext() if k == len(micro) - 1 else accelerator.no_sync(policy):
+                with accumulating(accelerator, policy, k == len(micro) - 1):
                     loss_sum, _ = policy(*(x.to(device) for x in packed.inputs()))
-                    accelerator.backward(loss_sum * (world / step_labels[step]))  # mean over the step's answer tokens
+                    accelerator.backward(loss_sum * (real * world / step_labels[step]))  # mean over the step's answer tokens
+                if not real:
+                    continue
                 window["loss"] += loss_sum.item()
                 window["labels"] += len(packed.targets)
                 window["tokens"] += packed.tokens
@@ -464,10 +466,10 @@ def train(cfg: SFTConfig, examples: list, eval_examples: list | None = None, res
                 raise TetherError(f"sft: the loss became {window['loss']} at step {step}; try a lower lr or float32")
 
             if step % cfg.log_every == 0 or step == total_steps:
-                now = time.perf_counter()
+                now, window = time.perf_counter(), all_sum(accelerator, window)  # over all processes
                 record = {"step": step, "loss": window["loss"] / max(window["labels"], 1), "lr": lr_now,
-                          "grad_norm": float(grad_norm), "seconds": now - t0, "tokens": window["tokens"] * world,
-                          "tokens_per_s": window["tokens"] * world / max(now - t_log, 1e-9),
+                          "grad_norm": grad_norm_value(grad_norm), "seconds": now - t0, "tokens": window["tokens"],
+                          "tokens_per_s": window["tokens"] / max(now - t_log, 1e-9),
                           "computed_fraction": window["computed"] / max(window["tokens"], 1)}
                 log(record)
                 bar.update(task, loss=f"{record['loss']:.3f}")
