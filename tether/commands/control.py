@@ -21,6 +21,14 @@ def control(env: str = typer.Option("Pendulum-v1", "--env", help="gymnasium envi
             ensemble_size: int = typer.Option(3, "--ensemble-size", help="Reward MLPs in the ensemble."),
             selection: str = typer.Option("disagreement", help="Which pairs to ask: 'disagreement' (ensemble "
                                           "variance of the predicted preference) or 'random'."),
+            labeler: str = typer.Option("synthetic", "--labeler", help="Who answers the clip comparisons: "
+                                        "'synthetic' (the higher true return wins) or 'web' (people in `tether "
+                                        "serve`: each iteration's pairs become pairwise tasks and the run waits)."),
+            overlap: int = typer.Option(1, help="--labeler web: labelers per clip pair (each answer is a label)."),
+            poll_seconds: float = typer.Option(5.0, "--poll-seconds", help="--labeler web: how often to look "
+                                               "for answers."),
+            web_timeout_minutes: Optional[float] = typer.Option(None, "--web-timeout-minutes", help="--labeler web: "
+                                                                "stop waiting after this (--resume waits again)."),
             noise: float = typer.Option(0.0, help="Synthetic labeler: probability of a coin-flip answer."),
             temperature: float = typer.Option(0.0, help="Synthetic labeler: Boltzmann temperature, in return "
                                               "units (0: always the higher true return)."),
@@ -40,20 +48,30 @@ def control(env: str = typer.Option("Pendulum-v1", "--env", help="gymnasium envi
     """Train an agent on a reward learned from clip comparisons (Christiano et al. 2017).
 
     Each iteration: PPO acts on the learned reward, clips are cut from its experience, pairs are chosen
-    and answered by a synthetic labeler (the higher true return wins), and the reward ensemble is
-    retrained. Outputs go to runs/control-N/ (agent.zip, reward.pt, clips.npz, labels.jsonl, metrics)."""
+    and answered by a synthetic labeler (the higher true return wins) or, with --labeler web, by people
+    in `tether serve` (the run waits for them), and the reward ensemble is retrained. Outputs go to
+    runs/control-N/ (agent.zip, reward.pt, clips.npz, labels.jsonl, metrics)."""
     from tether.control.env import check_env
     from tether.control.recipe import ControlConfig, run
     from tether.workspace import open_workspace
 
     if selection not in ("disagreement", "random"):
         raise TetherError(f"--selection must be 'disagreement' or 'random', not {selection!r}")
+    if labeler not in ("synthetic", "web"):
+        raise TetherError(f"--labeler must be 'synthetic' or 'web', not {labeler!r}")
+    if labeler == "web" and not store:
+        raise TetherError("--labeler web needs the workspace database: drop --no-store")
+    if poll_seconds <= 0:
+        raise TetherError(f"--poll-seconds must be > 0, not {poll_seconds}")
+    if web_timeout_minutes is not None and web_timeout_minutes < 0:
+        raise TetherError(f"--web-timeout-minutes must be >= 0, not {web_timeout_minutes}")
     if not 0.0 <= noise <= 1.0:
         raise TetherError(f"--noise must be between 0 and 1, not {noise}")
     if temperature < 0:
         raise TetherError(f"--temperature must be >= 0, not {temperature}")
     for name, value in (("--steps", steps), ("--labels", labels), ("--fragment-length", fragment_length),
-                        ("--ensemble-size", ensemble_size), ("--eval-episodes", eval_episodes)):
+                        ("--ensemble-size", ensemble_size), ("--eval-episodes", eval_episodes),
+                        ("--overlap", overlap)):
         if value < 1:
             raise TetherError(f"{name} must be >= 1, not {value}")
     fn = load_function(behaviour, "--behaviour") if behaviour else None
@@ -65,14 +83,16 @@ def control(env: str = typer.Option("Pendulum-v1", "--env", help="gymnasium envi
         raise TetherError("--resume: no control run in this workspace to continue")
     out = runs[-1] if resume else ws.new_run_dir("control")
     cfg = ControlConfig(env_id=env, total_steps=steps, label_budget=labels, fragment_length=fragment_length,
-                        ensemble_size=ensemble_size, selection=selection, noise=noise, temperature=temperature,
+                        ensemble_size=ensemble_size, selection=selection, labeler=labeler, overlap=overlap,
+                        web_poll_seconds=poll_seconds, web_timeout_minutes=web_timeout_minutes,
+                        noise=noise, temperature=temperature,
                         iterations=iterations, ppo={"n_envs": n_envs} if n_envs else {}, behaviour=fn,
                         behaviour_name=behaviour.rpartition(":")[2] if behaviour else "env-reward",
                         eval_episodes=eval_episodes, seed=seed, threads=threads, out_dir=str(out))
     run_id = db.start_run("control", ws.config.round, {k: str(v) for k, v in vars(cfg).items()}, str(out)) \
         if db is not None else None
     try:
-        res = run(cfg, store=db, run_id=run_id, resume=resume)
+        res = run(cfg, store=db, run_id=run_id, resume=resume, say=lambda msg: console.print(Text(msg)))
     except BaseException:
         if db is not None:
             db.finish_run(run_id, "failed")

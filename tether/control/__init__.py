@@ -5,7 +5,8 @@ learned from comparisons of its own trajectory clips.
 - :mod:`tether.control.clips`: cutting clips, choosing pairs, the synthetic labeler, the label budget;
 - :mod:`tether.control.reward`: the preference loss (eq. 1 + label noise) and the MLP ensemble;
 - :mod:`tether.control.render`: a clip as a GIF / MP4 (for the web app);
-- :mod:`tether.control.db`: comparisons in the workspace database;
+- :mod:`tether.control.db`: comparisons (and web labeling tasks) in the workspace database;
+- :mod:`tether.control.weblabels`: waiting for people's answers in ``tether serve`` and reading them back;
 - :mod:`tether.control.recipe`: ``run(ControlConfig) -> Result``, the whole loop.
 
 Needs the ``control`` extra (gymnasium, stable-baselines3, imageio); nothing here is imported by

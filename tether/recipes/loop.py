@@ -250,7 +250,8 @@ def _web_feedback(ws, cfg: LoopConfig, rnd, say) -> dict:
 
     store = ws.store()
     with store.session() as s:
-        mine = select(func.count()).select_from(S.Task).where(S.Task.round == rnd["round"], S.Task.kind == cfg.web_kind)
+        mine = (select(func.count()).select_from(S.Task).join(S.Prompt, S.Prompt.id == S.Task.prompt_id)
+                .where(S.Task.round == rnd["round"], S.Task.kind == cfg.web_kind, S.Prompt.split != S.CONTROL_SPLIT))
         if not s.execute(mine).scalar():
             made = create_tasks(s, TaskSpec(kind=cfg.web_kind, labels_needed=cfg.overlap, round=rnd["round"], k=cfg.k,
                                             seed=cfg.seed + rnd["round"]))
@@ -261,8 +262,10 @@ def _web_feedback(ws, cfg: LoopConfig, rnd, say) -> dict:
     last = None
     while True:
         with store.session() as s:
-            rows = dict(s.execute(select(S.Task.status, func.count()).where(
-                S.Task.round == rnd["round"], S.Task.kind == cfg.web_kind).group_by(S.Task.status)).all())
+            rows = dict(s.execute(select(S.Task.status, func.count()).join(S.Prompt, S.Prompt.id == S.Task.prompt_id)
+                                  .where(S.Task.round == rnd["round"], S.Task.kind == cfg.web_kind,
+                                         S.Prompt.split != S.CONTROL_SPLIT)  # clip tasks belong to `tether control`
+                                  .group_by(S.Task.status)).all())
         total, done = sum(rows.values()) - rows.get("cancelled", 0), rows.get("done", 0)
         if (done, total) != last:
             say(f"  waiting for labelers: {done}/{total} tasks done")

@@ -133,6 +133,7 @@ def create_app(workspace: str | Path | None = None, *, store: Store | None = Non
                settings: WebSettings | None = None) -> FastAPI:
     """The app over a workspace folder (its database and `web_secret`), or over an explicit store
     and secret (tests)."""
+    root = Path(workspace).resolve() if workspace is not None else None  # where clip files are found
     if store is None or secret is None:
         if workspace is None:
             raise ValueError("create_app needs a workspace folder, or both store and secret")
@@ -141,6 +142,7 @@ def create_app(workspace: str | Path | None = None, *, store: Store | None = Non
         ws = open_workspace(workspace)
         store = store or ws.store()
         secret = secret or workspace_secret(ws.root)
+        root = Path(ws.root).resolve()
     settings = settings or WebSettings()
     _sqlite_tuning(store)
 
@@ -150,12 +152,14 @@ def create_app(workspace: str | Path | None = None, *, store: Store | None = Non
     app.state.templates = Jinja2Templates(env=env)
     app.state.db = Database(store, timeout_s=settings.timeout_s)
     app.state.settings = settings
+    app.state.root = root
 
-    from tether.web import routes_admin, routes_auth, routes_label
+    from tether.web import routes_admin, routes_auth, routes_clips, routes_label
 
     app.include_router(routes_auth.router)
     app.include_router(routes_label.router)
     app.include_router(routes_admin.router)
+    app.include_router(routes_clips.router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
     @app.exception_handler(AuthError)

@@ -237,6 +237,9 @@ def submit_label(s: Session, labeler: S.Labeler, task_id: int, data: dict) -> tu
     a task they hold; the task is done once it has its labels. Returns (task, feedback row).
 
     LabelError: 404 not their task, 409 already answered or timed out, 422 invalid answer."""
+    # Answers to one task take turns (a row lock on PostgreSQL; SQLite writes are serialised anyway), so
+    # that the last of several simultaneous answers counts the others and marks the task done.
+    s.execute(select(T.id).where(T.id == task_id).with_for_update())
     task, assignment = assigned_task(s, labeler.id, task_id)
     if assignment.status == "done":
         raise LabelError(f"task {task_id}: you already answered it", "task_id", status=409)

@@ -30,25 +30,34 @@ INSTRUCTIONS = {
     "thumbs": "Is this response good (thumbs up) or not (thumbs down)?",
     "flaws": "Tick every flaw this response has, or choose 'No flaws'.",
     "critique": "Say what is wrong with the response, and/or rewrite it as it should have been.",
+    "clips": "Which clip shows the goal better? Watch both, then pick Left or Right, Equal, or Can't tell.",
 }
+SIDES = ("Left", "Right")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 def task_view(s: Session, task: S.Task) -> dict[str, Any]:
     """What a labeler may see of a task: the prompt and the responses, in the order shown. For a
     blind A/B evaluation the policies stay hidden (they are never part of the view)."""
-    rows = s.execute(select(S.Response.id, S.Response.text, S.Response.finished, S.Prompt.text, S.Prompt.messages)
+    rows = s.execute(select(S.Response.id, S.Response.text, S.Response.finished, S.Prompt.text, S.Prompt.messages,
+                            S.Response.source, S.Response.sampling)
                      .join(S.Prompt, S.Prompt.id == S.Response.prompt_id)
                      .where(S.Response.id.in_(list(task.response_ids)))).all()
     found = {r[0]: {"text": r[1], "finished": r[2]} for r in rows}
     prompt_text, prompt_messages = (rows[0][3], rows[0][4]) if rows else ("", None)
     pairwise = task.kind in ("pairwise", "ab_eval")
-    responses = [{"id": rid, "label": LETTERS[i] if pairwise else str(i + 1), **found[rid]}
+    # two clips of a control agent (`tether control --labeler web`): shown as GIFs, Left / Right
+    clips = task.kind == "pairwise" and len(task.response_ids) == 2 and len(rows) == 2 and all(
+        r[5] == "clip" and isinstance(r[6], dict) and r[6].get("kind") == "control_clip" for r in rows)
+    responses = [{"id": rid, "label": SIDES[i] if clips else LETTERS[i] if pairwise else str(i + 1), **found[rid]}
                  for i, rid in enumerate(task.response_ids) if rid in found]
+    if clips:
+        for i, r in enumerate(responses):
+            r["video"] = f"/clip/{task.id}/{i}.gif"
     messages = [{"role": str(m.get("role", "")), "content": str(m.get("content", ""))}
                 for m in (prompt_messages or []) if isinstance(m, dict)]
     view = {"id": task.id, "kind": task.kind, "prompt": prompt_text, "messages": messages,
-            "responses": responses, "instructions": INSTRUCTIONS[task.kind]}
+            "responses": responses, "instructions": INSTRUCTIONS["clips" if clips else task.kind], "clips": clips}
     if task.kind == "flaws":
         view["categories"] = list(task.options.get("categories") or FLAW_CATEGORIES)
     return view
