@@ -332,8 +332,51 @@ def test_ratings_add_a_regression_term(tiny_model_dir, tmp_path):
     assert result.metrics["train_pairs"] == 16 and "eval_accuracy" not in result.metrics
 
 
+def test_ratings_alone_train_a_regression(tiny_model_dir, tmp_path):
+    """No pairs at all: the mean head regresses the normalised ratings ("blue" answers rated +1, "red"
+    ones -1); held-out ratings are ranked the right way round and the MSE falls below the untrained one."""
+    rng = random.Random(1)
+    ratings = []
+    for i in range(48):
+        words = rng.sample(FILLER, 3)
+        colour, target = ("blue", 1.0) if i % 2 else ("red", -1.0)
+        ratings.append(rm.RatingExample(MSGS, " ".join(words[:1] + [colour] + words[1:]), True, target))
+    cfg = cfg_for(tiny_model_dir, tmp_path, epochs=10, eval_fraction=0.25)
+    result = rm.train(cfg, [], ratings=ratings, show_progress=False)
+    m = result.metrics
+    assert m["train_pairs"] == 0 and m["train_ratings"] == 36 and m["eval_ratings"] == 12
+    assert m["eval_spearman"] > 0.6 and m["eval_mse"] < 0.5, m  # an untrained head predicts ~0: MSE ~1
+    lines = [json.loads(x) for x in (result.out_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [x for x in lines if "loss" in x]
+    assert all("accuracy" not in x and x["loss"] == x["mse"] for x in train)
+    assert train[-1]["mse"] < train[0]["mse"]
+
+
+def test_cli_rm_on_ratings_alone(workspace, tmp_path):
+    """`tether rm` on a workspace whose only feedback is one rating per prompt (so no pairs)."""
+    from typer.testing import CliRunner
+
+    from tether.cli import app
+    from tether.data import feedback as F
+    from tether.data import schema as S
+
+    store = workspace.store()
+    with store.session() as s:
+        ann, bob = store.labeler(s, "ann"), store.labeler(s, "bob")
+        for i in range(12):
+            p, _ = store.get_or_add_prompt(s, f"Question {i}?", [{"role": "user", "content": f"Question {i}?"}])
+            r = S.Response(prompt_id=p.id, text=f"answer {i} " + ("blue" if i % 2 else "red"), policy="pi")
+            s.add(r)
+            s.flush()
+            F.record_rating(s, ann if i % 3 else bob, r.id, 5 if i % 2 else 1)
+    result = CliRunner().invoke(app, ["rm", "--epochs", "1", "--train-layers", "1", "-w", str(workspace.root)])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "no preference pairs: a regression on 12 normalised ratings" in out and "held-out ratings: MSE" in out
+
+
 def test_no_pairs_is_a_clear_error(tiny_model_dir, tmp_path):
-    with pytest.raises(TetherError, match="no preference pairs"):
+    with pytest.raises(TetherError, match="no preference pairs or ratings"):
         rm.train(cfg_for(tiny_model_dir, tmp_path), [], show_progress=False)
 
 

@@ -187,12 +187,15 @@ def rm(model: Optional[str] = typer.Option(None, help="Start from this model (de
        max_length: int = typer.Option(512, "--max-length"),
        labelers: str = typer.Option("downweight", help="Flagged labelers: downweight, exclude or keep."),
        judge_weight: float = typer.Option(1.0, "--judge-weight", help="Weight of AI-judge labels (0: leave out)."),
+       regression_weight: float = typer.Option(0.0, "--regression-weight", help="Also regress the reward on each "
+                                               "rated response's normalised 1-5 rating, with this weight (with no "
+                                               "pairs at all, ratings are regressed alone)."),
        rounds: Optional[str] = typer.Option(None, help="Comma-separated rounds of feedback (default: all)."),
        dtype: str = typer.Option("float32", help="float32 or bfloat16 (autocast)."),
        resume: bool = typer.Option(False, help="Continue the latest rm run from its checkpoint."),
        workspace: Path = WorkspaceOpt):
     """Train a reward model on all stored feedback (every kind, as weighted pairs)."""
-    from tether.feedback.collect import collect_pairs, policy_samples, preference_examples
+    from tether.feedback.collect import collect_pairs, policy_samples, preference_examples, rating_examples
     from tether.models import LoraSettings
     from tether.recipes import rm as recipe
     from tether.workspace import open_workspace
@@ -209,23 +212,33 @@ def rm(model: Optional[str] = typer.Option(None, help="Start from this model (de
                            f"({f.value:.2f} over {f.n})"))
     console.print(Text(f"{len(collected.pairs)} pairs ({', '.join(f'{n} from {k}s' for k, n in collected.by_kind.items())}); "
                        f"{collected.n_ties} ties and {collected.n_cant_tell} can't-tell carry no preference"))
+    pairs = preference_examples(store, collected)
+    ratings = rating_examples(store, collected, round_list) if regression_weight > 0 or not pairs else []
+    if not pairs and ratings:
+        console.print(Text(f"no preference pairs: a regression on {len(ratings)} normalised ratings"))
+    elif ratings:
+        console.print(Text(f"plus a regression on {len(ratings)} normalised ratings (weight {regression_weight})"))
     runs = stage_runs(ws.root, "rm")
     out = runs[-1] if resume and runs else ws.new_run_dir("rm")
     cfg = recipe.RMConfig(model=model or ws.config.policy, num_heads=heads, epochs=epochs, batch_size=batch_size,
                           lr=lr, max_length=max_length, dtype=dtype, threads=ws.config.threads or os.cpu_count(),
                           lora=LoraSettings(r=lora_r, alpha=2 * lora_r) if lora_r else None, train_layers=train_layers,
-                          out_dir=str(out))
+                          regression_weight=regression_weight or 1.0, out_dir=str(out))
     run_id = store.start_run("rm", ws.config.round, {k: str(v) for k, v in vars(cfg).items()}, str(out))
     try:
-        res = recipe.train(cfg, preference_examples(store, collected), normalise_on=policy_samples(store, round_list),
+        res = recipe.train(cfg, pairs, ratings=ratings or None, normalise_on=policy_samples(store, round_list),
                            resume=resume)
     except BaseException:
         store.finish_run(run_id, "failed")
         raise
     store.finish_run(run_id, "done", res.metrics)
     m = res.metrics
-    console.print(Text(f"held-out accuracy {m.get('eval_accuracy', float('nan')):.3f} on {m.get('eval_pairs', 0)} pairs, "
-                       f"ECE {m.get('eval_ece', float('nan')):.3f}; reward model: {res.model_dir}"))
+    held = (f"held-out accuracy {m['eval_accuracy']:.3f} on {m['eval_pairs']} pairs, ECE {m['eval_ece']:.3f}"
+            if "eval_accuracy" in m else "")
+    if "eval_mse" in m:
+        held += (", " if held else "") + (f"held-out ratings: MSE {m['eval_mse']:.3f}, Spearman "
+                                          f"{m['eval_spearman']:.3f} on {m['eval_ratings']}")
+    console.print(Text(f"{held}; reward model: {res.model_dir}" if held else f"reward model: {res.model_dir}"))
 
 
 @app.command()

@@ -146,6 +146,26 @@ def preference_examples(store: Store, collected: CollectedPairs):
     return out
 
 
+def rating_examples(store: Store, collected: CollectedPairs, rounds: list[int] | None = None):
+    """Each rated response with its normalised rating (per-labeler z-scores averaged over its labelers,
+    `aggregate.normalise_ratings`), for the reward model's regression term (`RatingExample`s).
+    Labelers that `collected` excluded (weight 0) are left out; control clips never appear."""
+    from tether.recipes.rm import RatingExample
+
+    with store.session() as s:
+        q = (select(S.Rating.response_id, S.Response.prompt_id, S.Rating.labeler_id, S.Rating.score)
+             .join(S.Response, S.Response.id == S.Rating.response_id).join(S.Prompt, S.Prompt.id == S.Response.prompt_id)
+             .where(S.Prompt.split != S.CONTROL_SPLIT))
+        rows = [tuple(r) for r in s.execute(q if rounds is None else q.where(S.Rating.round.in_(rounds))).all()
+                if collected.weights.get(r[2], 1.0) > 0]
+        scores = A.normalise_ratings(rows).scores
+        info = {r[0]: r for r in s.execute(select(S.Response.id, S.Response.text, S.Response.finished, S.Prompt.text,
+                                                  S.Prompt.messages).join(S.Prompt)
+                                           .where(S.Response.id.in_(list(scores)))).all()}
+    return [RatingExample(prompt=info[i][4] if info[i][4] is not None else info[i][3], response=info[i][1],
+                          finished=info[i][2], target=z) for i, z in sorted(scores.items())]
+
+
 def policy_samples(store: Store, rounds: list[int] | None = None, limit: int = 512) -> list[tuple]:
     """(prompt, response, finished) of sampled responses, for reward normalisation (mean 0, std 1
     over the policy's own samples)."""

@@ -199,6 +199,21 @@ def split_eval(pairs: list[PreferenceExample], fraction: float, seed: int):
 
 
 @torch.no_grad()
+def evaluate_ratings(model, tokenizer, ratings: list[RatingExample], batch_size: int = 16,
+                     max_length: int = 512) -> dict:
+    """Held-out ratings: MSE of the mean head's raw reward against the normalised rating, and the
+    Spearman rank correlation between the two."""
+    import numpy as np
+
+    r = reward.score_texts(model, tokenizer, [(x.prompt, x.response, x.finished) for x in ratings], batch_size,
+                           max_length, normalise_scores=False).mean(-1)  # (R,)
+    t = torch.tensor([x.target for x in ratings])  # (R,)
+    ranks = lambda v: torch.from_numpy(np.argsort(np.argsort(v.numpy())).astype("float64"))  # noqa: E731
+    rho = torch.corrcoef(torch.stack([ranks(r), ranks(t)]))[0, 1].item() if len(ratings) > 1 else float("nan")
+    return {"eval_ratings": len(ratings), "eval_mse": ((r - t) ** 2).mean().item(), "eval_spearman": rho}
+
+
+@torch.no_grad()
 def evaluate(model, tokenizer, pairs: list[PreferenceExample], batch_size: int = 16, max_length: int = 512) -> dict:
     """Held-out metrics on raw (unnormalised) rewards: accuracy and BT loss of the mean head, mean
     margin, calibration of P(chosen) = σ(r_c - r_r) (ECE over both orders of each pair, so labels are
@@ -247,8 +262,9 @@ def train(cfg: RMConfig, pairs: list[PreferenceExample], eval_pairs: list[Prefer
     from transformers import get_linear_schedule_with_warmup
 
     # --- setup ----------------------------------------------------------------------------------
-    if not pairs:
-        raise TetherError("rm: no preference pairs to train on")
+    if not pairs and not ratings:
+        raise TetherError("rm: no preference pairs or ratings to train on")
+    ratings_only = not pairs  # then the reward model is a regression on the normalised ratings
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
@@ -267,6 +283,11 @@ def train(cfg: RMConfig, pairs: list[PreferenceExample], eval_pairs: list[Prefer
         reward.freeze_below(model, cfg.train_layers)
     if eval_pairs is None:
         pairs, eval_pairs = split_eval(pairs, cfg.eval_fraction, cfg.seed) if cfg.eval_fraction > 0 else (pairs, [])
+    eval_ratings: list[RatingExample] = []
+    if ratings_only and cfg.eval_fraction > 0 and len(ratings) > 1:  # hold out ratings instead
+        held = set(random.Random(cfg.seed).sample(range(len(ratings)), max(1, round(cfg.eval_fraction * len(ratings)))))
+        ratings, eval_ratings = ([r for i, r in enumerate(ratings) if i not in held],
+                                 [r for i, r in enumerate(ratings) if i in held])
 
     def enc(prompt, response, finished):
         return reward.encode_pair_text(tok, prompt, response, finished, max_length=cfg.max_length)
@@ -276,13 +297,17 @@ def train(cfg: RMConfig, pairs: list[PreferenceExample], eval_pairs: list[Prefer
     rated = [enc(r.prompt, r.response, r.finished) for r in ratings or []]
     targets = torch.tensor([r.target for r in ratings or []], dtype=torch.float32)  # (R,)
     weights = torch.tensor([p.weight for p in pairs])[:, None]  # (N, 1)
-    weights = weights * bootstrap_weights(len(pairs), heads, cfg.seed)  # (N, H)
+    weights = weights * bootstrap_weights(len(pairs), heads, cfg.seed) if pairs else torch.zeros((0, heads))  # (N, H)
     margins = torch.tensor([p.margin or 0.0 for p in pairs]) if cfg.use_margin else None  # (N,)
 
     rng = random.Random(cfg.seed)
     lengths = [max(len(c), len(r)) for c, r in zip(chosen, rejected)] if cfg.bucket else None
-    plan = [b for _ in range(cfg.epochs)
-            for b in batches_keeping_groups([p.group for p in pairs], cfg.batch_size, rng, lengths)]
+    if ratings_only:  # batches of ratings, a fresh order each epoch
+        order = [i for _ in range(cfg.epochs) for i in rng.sample(range(len(rated)), len(rated))]
+        plan = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    else:
+        plan = [b for _ in range(cfg.epochs)
+                for b in batches_keeping_groups([p.group for p in pairs], cfg.batch_size, rng, lengths)]
     per_step = cfg.grad_accum * world
     total_steps = math.ceil(len(plan) / per_step)
     rating_order = rng.sample(range(len(rated)), len(rated))
@@ -328,6 +353,8 @@ def train(cfg: RMConfig, pairs: list[PreferenceExample], eval_pairs: list[Prefer
     def eval_now() -> dict:
         inner = accelerator.unwrap_model(scorer).model.eval()
         metrics = evaluate(inner, tok, eval_pairs, 2 * cfg.batch_size, cfg.max_length) if eval_pairs else {}
+        if eval_ratings:
+            metrics |= evaluate_ratings(inner, tok, eval_ratings, 2 * cfg.batch_size, cfg.max_length)
         inner.train()
         return metrics
 
@@ -343,17 +370,19 @@ def train(cfg: RMConfig, pairs: list[PreferenceExample], eval_pairs: list[Prefer
             micro, n_step = step_micro_batches(step, per_step, len(plan), rank, world)
             lr_now = scheduler.get_last_lr()[0]
             for k, (m, real) in enumerate(micro):
-                batch, n = plan[m], len(plan[m])
-                extra = [rating_order[(m * per_rating_batch + j) % len(rated)] for j in range(per_rating_batch)]
+                batch, n = ([], 0) if ratings_only else (plan[m], len(plan[m]))
+                extra = plan[m] if ratings_only else [rating_order[(m * per_rating_batch + j) % len(rated)]
+                                                      for j in range(per_rating_batch)]
                 input_ids, mask = reward.pad_batch([chosen[i] for i in batch] + [rejected[i] for i in batch]
                                                    + [rated[j] for j in extra], pad)  # (2B + R, T)
                 with accumulating(accelerator, scorer, k == len(micro) - 1):
                     r = scorer(input_ids.to(device), mask.to(device))  # (2B + R, H)
                     loss, acc = weighted_bt_loss(r[:n], r[n:2 * n], weights[batch].to(device),
-                                                 margins[batch].to(device) if margins is not None else None)
+                                                 margins[batch].to(device) if margins is not None else None) \
+                        if n else (r.new_zeros(()), r.new_zeros(()))
                     if extra:
                         mse = ((r[2 * n:].mean(-1) - targets[extra].to(device)) ** 2).mean()  # ()
-                        loss = loss + cfg.regression_weight * mse
+                        loss = loss + (1.0 if ratings_only else cfg.regression_weight) * mse
                         window["mse"] += mse.item() * real
                     accelerator.backward(loss * (real * world / n_step))  # the mean over the step's micro-batches
                 for key, value in (("loss", loss.item()), ("accuracy", acc.item()), ("n", 1), ("pairs", n)):
@@ -368,14 +397,15 @@ def train(cfg: RMConfig, pairs: list[PreferenceExample], eval_pairs: list[Prefer
 
             if step % cfg.log_every == 0 or step == total_steps:
                 now, window = time.perf_counter(), all_sum(accelerator, window)  # over all processes
-                record = {"step": step, "loss": window["loss"] / window["n"],
-                          "accuracy": window["accuracy"] / window["n"], "lr": lr_now,
+                record = {"step": step, "loss": window["loss"] / window["n"], "lr": lr_now,
                           "grad_norm": grad_norm_value(grad_norm), "seconds": now - t0,
                           "pairs_per_s": window["pairs"] / max(now - t_log, 1e-9)}
+                if not ratings_only:
+                    record["accuracy"] = window["accuracy"] / window["n"]
                 if rated:
                     record["mse"] = window["mse"] / window["n"]
                 log(record)
-                bar.update(task, loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.2f}")
+                bar.update(task, loss=f"{record['loss']:.3f}", acc=f"{record.get('accuracy', float('nan')):.2f}")
                 window, t_log = {key: 0 for key in window}, now
             bar.update(task, completed=step)
             if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
@@ -405,7 +435,7 @@ def train(cfg: RMConfig, pairs: list[PreferenceExample], eval_pairs: list[Prefer
     else:
         model.config.tether_reward = {"mean": mean, "std": std, "heads": heads}
     accelerator.wait_for_everyone()
-    metrics |= {"steps": step, "total_steps": total_steps, "train_pairs": len(pairs),
+    metrics |= {"steps": step, "total_steps": total_steps, "train_pairs": len(pairs), "train_ratings": len(rated),
                 "seconds": time.perf_counter() - t0, "norm_mean": mean, "norm_std": std,
                 "config": dataclasses.asdict(cfg)}
     if main:
