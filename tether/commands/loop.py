@@ -116,7 +116,7 @@ def demo(directory: Path = typer.Option(Path("demo-workspace"), "--dir", help="W
 
     quiet_transformers()
     cfg = recipe.LoopConfig(rounds=rounds, algorithm=algorithm, updates=updates, prompts_per_round=prompts,
-                            max_new_tokens=max_new_tokens, seed=seed)
+                            items=3 * prompts, max_new_tokens=max_new_tokens, seed=seed)  # 3 labeling items per prompt
     recipe.check(cfg)
     started = time.perf_counter()
     if fresh and directory.exists():
