@@ -97,7 +97,7 @@ def demo(directory: Path = typer.Option(Path("demo-workspace"), "--dir", help="W
          prompts: int = typer.Option(32, help="Training prompts (of the bundled 112) sampled and labeled each round."),
          rounds: int = typer.Option(2, help="Loop rounds after SFT."),
          algorithm: str = typer.Option("ppo", help="Policy stage: ppo, rloo, grpo or dpo."),
-         updates: int = typer.Option(8, help="Policy updates per round."),
+         updates: int = typer.Option(20, help="Policy updates per round."),
          eval_prompts: int = typer.Option(40, "--eval-prompts", help="Held-out prompts (of the bundled 40)."),
          max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
          sft_epochs: int = typer.Option(2, "--sft-epochs", help="Passes over the bundled demonstrations."),
