@@ -14,8 +14,8 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from tether.commands.common import (WorkspaceOpt, console, counts_text, latest_model, parse_rounds,
-                                    quiet_transformers, stage_runs, user_errors)
+from tether.commands.common import (WorkspaceOpt, console, counts_text, latest_model, launched, parse_rounds,
+                                    quiet_transformers, shared_run_dir, user_errors)
 from tether.errors import TetherError
 
 app = typer.Typer(help="tether: RLHF end to end, from human feedback to a better policy.",
@@ -218,19 +218,22 @@ def rm(model: Optional[str] = typer.Option(None, help="Start from this model (de
         console.print(Text(f"no preference pairs: a regression on {len(ratings)} normalised ratings"))
     elif ratings:
         console.print(Text(f"plus a regression on {len(ratings)} normalised ratings (weight {regression_weight})"))
-    runs = stage_runs(ws.root, "rm")
-    out = runs[-1] if resume and runs else ws.new_run_dir("rm")
+    out = shared_run_dir(ws, "rm", resume)  # under `accelerate launch`: one folder, picked by the main process
+    main = launched()[0] == 0
     cfg = recipe.RMConfig(model=model or ws.config.policy, num_heads=heads, epochs=epochs, batch_size=batch_size,
                           lr=lr, max_length=max_length, dtype=dtype, threads=ws.config.threads or os.cpu_count(),
                           lora=LoraSettings(r=lora_r, alpha=2 * lora_r) if lora_r else None, train_layers=train_layers,
                           regression_weight=regression_weight or 1.0, out_dir=str(out))
-    run_id = store.start_run("rm", ws.config.round, {k: str(v) for k, v in vars(cfg).items()}, str(out))
+    run_id = store.start_run("rm", ws.config.round, {k: str(v) for k, v in vars(cfg).items()}, str(out)) if main else None
     try:
         res = recipe.train(cfg, pairs, ratings=ratings or None, normalise_on=policy_samples(store, round_list),
                            resume=resume)
     except BaseException:
-        store.finish_run(run_id, "failed")
+        if main:
+            store.finish_run(run_id, "failed")
         raise
+    if not main:  # the main process records and reports the run
+        return
     store.finish_run(run_id, "done", res.metrics)
     m = res.metrics
     held = (f"held-out accuracy {m['eval_accuracy']:.3f} on {m['eval_pairs']} pairs, ECE {m['eval_ece']:.3f}"

@@ -51,6 +51,35 @@ def test_accelerate_launch_of_the_cli_on_two_processes(word_model_dir, tmp_path)
 
 
 
+@pytest.mark.parametrize("stage", ["rloo", "dpo"])
+def test_other_stages_under_accelerate_launch_make_one_run(stage, word_model_dir, tmp_path):
+    """The other training commands are launch-aware too: one run folder, one database record, one summary."""
+    from tether.data.io import import_prompts
+    from tether.workspace import init_workspace, open_workspace
+
+    ws = init_workspace(tmp_path / "ws", policy=str(word_model_dir))
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    import_prompts(ws.store(), tmp_path / "prompts.txt", "train")
+    (tmp_path / "blue.py").write_text("def reward(prompts, responses, finished):\n"
+                                      "    return [float('blue' in r.split()) for r in responses]\n")
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps({"prompt": p, "chosen": " blue", "rejected": " red"}) + "\n"
+                                                  for p in PROMPTS * 2))
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+              str(ROOT / "configs" / "accelerate" / "ddp.yaml"), "--num_processes", "2", "--mixed_precision", "no",
+              "--main_process_port", str(_free_port()), "-m", "tether.cli"]
+    args = {"rloo": ["rloo", "--reward-fn", f"{tmp_path / 'blue.py'}:reward", "--updates", "2", "--prompts-per-update",
+                     "1", "--k", "2", "--max-new-tokens", "4", "--no-gold"],
+            "dpo": ["dpo", "--data", str(tmp_path / "pairs.jsonl"), "--batch-size", "2", "--max-length", "32"]}[stage]
+    done = subprocess.run(launch + args + ["-w", str(ws.root)], env=_env() | {"TETHER_WORKSPACE": ""},
+                          capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert sorted(p.name for p in (ws.root / "runs").iterdir()) == [f"{stage}-1"]
+    assert done.stdout.count("(metrics: ") == 1, done.stdout  # the recipe's last line, by the main process alone
+    assert done.stdout.count("compare it with" if stage == "rloo" else "held-out preference accuracy") == 1
+    assert (ws.root / "runs" / f"{stage}-1" / "model" / "config.json").is_file()
+    assert open_workspace(ws.root).store().counts()["runs"] == 1
+
+
 def test_vllm_backend_is_refused_clearly_without_cuda_or_vllm(word_model_dir, tmp_path):
     from tether import rollout_vllm
     from tether.errors import TetherError

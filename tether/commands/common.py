@@ -11,7 +11,10 @@ from rich.text import Text
 
 from tether.errors import TetherError
 
-console = Console(soft_wrap=True)  # long paths and messages stay on one line
+import os
+
+# long paths and messages stay on one line; under `accelerate launch` only the main process prints
+console = Console(soft_wrap=True, quiet=os.environ.get("RANK", "0") != "0")
 err_console = Console(stderr=True, soft_wrap=True)
 WorkspaceOpt = typer.Option(Path("."), "--workspace", "-w", envvar="TETHER_WORKSPACE",
                             help="The workspace folder (made by `tether init`).")

@@ -9,7 +9,8 @@ from typing import Optional
 import typer
 from rich.text import Text
 
-from tether.commands.common import WorkspaceOpt, console, parse_rounds, quiet_transformers, stage_runs, user_errors
+from tether.commands.common import (WorkspaceOpt, console, launched, parse_rounds, quiet_transformers, shared_run_dir,
+                                    user_errors)
 from tether.errors import TetherError
 
 
@@ -67,16 +68,19 @@ def dpo(data: Optional[Path] = typer.Option(None, "--data", help="Train on this 
         console.print(Text(f"{len(collected.pairs)} pairs ({', '.join(f'{n} from {k}s' for k, n in collected.by_kind.items())}); "
                            f"{collected.n_ties} ties and {collected.n_cant_tell} can't-tell carry no preference"))
         pairs = preference_examples(store, collected)
-    runs = stage_runs(ws.root, "dpo")
-    out = runs[-1] if resume and runs else ws.new_run_dir("dpo")
+    out = shared_run_dir(ws, "dpo", resume)  # under `accelerate launch`: one folder, picked by the main process
+    main = launched()[0] == 0
     cfg.out_dir = str(out)
     run_id = store.start_run("dpo", ws.config.round, {k: str(v) for k, v in vars(cfg).items()}
-                             | {"data": str(data) if data else "feedback"}, str(out))
+                             | {"data": str(data) if data else "feedback"}, str(out)) if main else None
     try:
         res = recipe.train(cfg, pairs, resume=resume)
     except BaseException:
-        store.finish_run(run_id, "failed")
+        if main:
+            store.finish_run(run_id, "failed")
         raise
+    if not main:  # the main process records and reports the run
+        return
     store.finish_run(run_id, "done", res.metrics)
     m = res.metrics
     held_out = (f"held-out preference accuracy {m['eval_accuracy']:.3f} on {m['eval_pairs']} pairs, "

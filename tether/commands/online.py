@@ -10,8 +10,8 @@ from typing import Optional
 import typer
 from rich.text import Text
 
-from tether.commands.common import (WorkspaceOpt, console, latest_model, load_function, quiet_transformers,
-                                    stage_runs, user_errors)
+from tether.commands.common import (WorkspaceOpt, console, latest_model, launched, load_function,
+                                    quiet_transformers, shared_run_dir, user_errors)
 from tether.errors import TetherError
 
 # Options both commands take (one definition, shared like WorkspaceOpt).
@@ -110,20 +110,23 @@ def run(estimator: str, *, reward_model: Optional[Path], reward_fn: Optional[str
     if not prompts:
         raise TetherError(f"no prompts in split '{split}': import some with `tether import prompts FILE`")
     eval_prompts = store.prompts(eval_split)
-    runs = stage_runs(ws.root, estimator)
-    out = runs[-1] if resume and runs else ws.new_run_dir(estimator)
+    out = shared_run_dir(ws, estimator, resume)  # under `accelerate launch`: one folder, picked by the main process
+    main = launched()[0] == 0
     cfg.policy = policy or ws.config.policy
     cfg.reward_model = str(reward_model) if reward_model else None
     cfg.out_dir, cfg.threads = str(out), ws.config.threads or os.cpu_count()
     run_id = store.start_run(estimator, ws.config.round,
-                             {k: str(v) for k, v in vars(cfg).items()} | {"reward_fn": reward_fn}, str(out))
+                             {k: str(v) for k, v in vars(cfg).items()} | {"reward_fn": reward_fn}, str(out)) if main else None
     try:
         res = recipe.train(cfg, prompts, reward_fn=fn, eval_prompts=eval_prompts,
                            gold_fn=gold_score if gold else None, resume=resume)
     except BaseException:
-        store.finish_run(run_id, "failed")
+        if main:
+            store.finish_run(run_id, "failed")
         raise
     m = res.metrics
+    if not main:  # the main process records and reports the run
+        return
     store.finish_run(run_id, "done", {k: v for k, v in m.items() if k != "config"})
     last = m.get("last", {})
     summary = (f"{res.updates} {estimator} updates in {m['seconds'] / 60:.1f} min (KL in the {m['kl_in']}); "

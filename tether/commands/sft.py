@@ -12,7 +12,8 @@ from typing import Optional
 import typer
 from rich.text import Text
 
-from tether.commands.common import WorkspaceOpt, console, quiet_transformers, stage_runs, user_errors
+from tether.commands.common import (WorkspaceOpt, console, launched, quiet_transformers, shared_run_dir, stage_runs,
+                                    user_errors)
 from tether.errors import TetherError
 
 EVAL_SPLITS = ("eval", "test", "validation")
@@ -100,17 +101,21 @@ def sft(model: Optional[str] = typer.Option(None, help="Start from this model (d
     if resume and not (runs and (runs[-1] / "checkpoint" / "tether_state.json").is_file()):
         why = f"{runs[-1]} has no checkpoint" if runs else "there is no sft run yet"
         raise TetherError(f"nothing to resume: {why}; run `tether sft` without --resume")
-    cfg.out_dir = str(runs[-1] if resume else ws.new_run_dir("sft"))
-    out = cfg.out_dir
-    run_id = store.start_run("sft", ws.config.round, {k: str(v) for k, v in vars(cfg).items()}, str(out))
+    out = cfg.out_dir = str(shared_run_dir(ws, "sft", resume))  # under `accelerate launch`: one folder
+    main = launched()[0] == 0
+    run_id = store.start_run("sft", ws.config.round, {k: str(v) for k, v in vars(cfg).items()}, str(out)) if main else None
     try:
         res = recipe.train(cfg, train, held or None, resume=resume)
     except BaseException:
-        store.finish_run(run_id, "failed")
+        if main:
+            store.finish_run(run_id, "failed")
         raise
     if not res.completed:  # stopped early (SFTConfig.stop_after)
-        store.finish_run(run_id, "failed")
+        if main:
+            store.finish_run(run_id, "failed")
         raise TetherError(f"stopped at step {res.steps} of {res.total_steps}; continue with `tether sft --resume`")
+    if not main:  # the main process records the run and sets the policy
+        return
     store.finish_run(run_id, "done", res.metrics)
     model_dir = res.model_dir.resolve()
     m = res.metrics
