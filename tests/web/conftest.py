@@ -110,6 +110,38 @@ def browser():
         b.close()
 
 
+SHOT_VIEWPORT = {"width": 1000, "height": 700}
+
+
+@pytest.fixture(scope="session")
+def screenshot_dir(tmp_path_factory) -> Path:
+    """Where the browser tests save their screenshots: $TETHER_SCREENSHOTS (e.g. docs/screenshots),
+    else a folder in pytest's temporary directory."""
+    given = os.environ.get("TETHER_SCREENSHOTS")
+    path = Path(given) if given else tmp_path_factory.mktemp("screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def screenshot(screenshot_dir):
+    """screenshot(page, name) -> the PNG of what the page shows, at desktop size (1000x700, not the
+    full page), saved as <screenshot_dir>/<name>.png; the page's own size is restored afterwards."""
+
+    def take(page, name: str) -> Path:
+        before = page.viewport_size
+        page.set_viewport_size(SHOT_VIEWPORT)
+        page.wait_for_load_state("load")
+        page.evaluate("document.fonts.ready.then(() => true)")
+        path = screenshot_dir / f"{name}.png"
+        page.screenshot(path=str(path), animations="disabled", caret="hide")
+        if before:
+            page.set_viewport_size(before)
+        return path
+
+    return take
+
+
 @pytest.fixture
 def page(browser, live_server):
     """A fresh browser context (own cookies) whose requests may only go to the live server."""

@@ -163,7 +163,7 @@ def stored_labels(store, kind: str) -> dict[int, dict]:
 
 
 @pytest.mark.parametrize("kind", list(SCENARIOS))
-def test_every_task_kind_with_mouse_and_keyboard(kind, page, web_ws):
+def test_every_task_kind_with_mouse_and_keyboard(kind, page, web_ws, screenshot):
     _, store = web_ws
     steps, n_tasks, extra = SCENARIOS[kind]
     made = make_tasks(store, kind, labels_needed=1, limit=n_tasks, **extra)
@@ -175,6 +175,8 @@ def test_every_task_kind_with_mouse_and_keyboard(kind, page, web_ws):
         task_id = current_task(page)
         if kind == "ab_eval":
             assert "policy-a" not in page.content() and "policy-b" not in page.content()  # blind
+        if n == 0:  # the task page as a labeler first sees it (docs/screenshots/<kind>.png)
+            assert screenshot(page, kind).stat().st_size > 5000
         expected[task_id] = steps(page, n)
         page.wait_for_url(lambda url, t=task_id: not url.endswith(f"/task/{t}"))
         page.wait_for_load_state()

@@ -36,7 +36,7 @@ def loaded_images(page) -> list[dict]:
         "els => els.map(e => ({src: e.getAttribute('src'), w: e.naturalWidth, h: e.naturalHeight}))")
 
 
-def test_labeler_compares_clips_with_mouse_and_keyboard(page, web_ws):
+def test_labeler_compares_clips_with_mouse_and_keyboard(page, web_ws, screenshot):
     from tether.data import schema as S
 
     ws, store = web_ws
@@ -57,6 +57,8 @@ def test_labeler_compares_clips_with_mouse_and_keyboard(page, web_ws):
         images = loaded_images(page)
         assert [i["src"] for i in images] == [f"/clip/{task_id}/0.gif", f"/clip/{task_id}/1.gif"]
         assert all(i["w"] == 256 and i["h"] > 0 for i in images), images  # decoded: the GIFs really load
+        if not expected:  # the first clip task, its GIFs loaded (docs/screenshots/clips.png)
+            assert screenshot(page, "clips").stat().st_size > 5000
         if how == "click":
             page.get_by_role("button", name=re.compile(re.escape(what))).click()
         else:

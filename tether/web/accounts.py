@@ -18,8 +18,8 @@ def add_labeler(s: Session, name: str, role: str = "labeler", password: str | No
     """A new web labeler; returns (labeler, invite token) — the token is None when a password was
     given. An existing labeler of that name without a login (e.g. from imported labels) is upgraded."""
     name = name.strip()
-    if not name or len(name) > 255:
-        raise TetherError("name: 1 to 255 characters, please")
+    if not name or len(name) > 255 or "\x00" in name:
+        raise TetherError("name: 1 to 255 characters (no NUL), please")
     if role not in WEB_ROLES:
         raise TetherError(f"role: expected one of {', '.join(WEB_ROLES)}, got {role!r}")
     lab = s.scalar(select(S.Labeler).where(S.Labeler.name == name))

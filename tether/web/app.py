@@ -20,6 +20,7 @@ from typing import Any
 
 import jinja2
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -30,6 +31,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from tether.data import schema as S
 from tether.data.store import Store
 from tether.web.forms import LabelError
+from tether.web.limits import BodyLimit, request_error_message
 from tether.web.queue import Database
 from tether.web.security import csrf_ok, new_csrf_token, workspace_secret
 
@@ -170,6 +172,13 @@ def create_app(workspace: str | Path | None = None, *, store: Store | None = Non
             return RedirectResponse("/login", status_code=303)
         return render(request, "error.html", {"status": exc.status, "message": str(exc)}, exc.status)
 
+    @app.exception_handler(RequestValidationError)
+    async def _request_error(request: Request, exc: RequestValidationError) -> Response:
+        message, field = request_error_message(exc)
+        if wants_json(request):
+            return JSONResponse({"detail": message, "field": field}, status_code=422)
+        return render(request, "error.html", {"status": 422, "message": message}, 422)
+
     @app.exception_handler(LabelError)
     async def _label_error(request: Request, exc: LabelError) -> Response:
         if wants_json(request):
@@ -178,6 +187,7 @@ def create_app(workspace: str | Path | None = None, *, store: Store | None = Non
 
     app.add_middleware(SessionMiddleware, secret_key=secret, session_cookie=SESSION_COOKIE,
                        same_site="lax", https_only=settings.secure_cookies, max_age=14 * 24 * 3600)
+    app.add_middleware(BodyLimit)  # outside the session: an oversized body is refused unread
     app.add_middleware(SecurityHeaders)
     return app
 

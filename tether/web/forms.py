@@ -7,12 +7,14 @@ the task's responses, flaw categories must be the task's) happen in `queue.submi
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 MAX_TEXT = 20_000  # characters in a reason, critique or rewrite
 MAX_DURATION_MS = 24 * 3600 * 1000
+MAX_ITEMS = 1000  # responses in a ranking
+MAX_CATEGORY = 200  # characters in a flaw category
 
 
 class _Label(BaseModel):
@@ -25,6 +27,14 @@ class _Label(BaseModel):
     def _blank_duration(cls, v: Any) -> Any:
         return None if v == "" else v
 
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, v: Any) -> Any:
+        """No NUL characters in any text (PostgreSQL refuses them in text columns)."""
+        if any("\x00" in x for x in (v if isinstance(v, list) else [v]) if isinstance(x, str)):
+            raise ValueError("contains a NUL character")
+        return v
+
 
 class PairwiseLabel(_Label):
     """pairwise and ab_eval: which response is better."""
@@ -34,7 +44,7 @@ class PairwiseLabel(_Label):
 
 class RankLabel(_Label):
     """The task's responses, best first (a list of ids, or "3,1,2" from a form)."""
-    order: list[int] = Field(min_length=2)
+    order: list[int] = Field(min_length=2, max_length=MAX_ITEMS)
 
     @field_validator("order", mode="before")
     @classmethod
@@ -55,7 +65,7 @@ class ThumbLabel(_Label):
 
 class FlawsLabel(_Label):
     """Flaw categories that apply; an empty list means "no flaws"."""
-    categories: list[str] = Field(default_factory=list, max_length=64)
+    categories: list[Annotated[str, Field(max_length=MAX_CATEGORY)]] = Field(default_factory=list, max_length=64)
 
 
 class CritiqueLabel(_Label):

@@ -4,6 +4,7 @@ Every route here needs an admin session: a labeler gets 403."""
 
 from __future__ import annotations
 
+import math
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -18,6 +19,7 @@ from tether.errors import TetherError
 from tether.web import stats
 from tether.web.accounts import add_labeler, renew_invite, set_active
 from tether.web.app import check_csrf, current_user, db, render
+from tether.web.limits import MAX_INT, DbId, DbInt
 from tether.web.tasks import TaskSpec, create_tasks
 
 router = APIRouter(prefix="/admin")
@@ -76,7 +78,7 @@ def new_labeler(request: Request, name: Annotated[str, Form(max_length=255)] = "
 
 
 @router.post("/labelers/{labeler_id}/invite")
-def labeler_invite(request: Request, labeler_id: int, csrf_token: Annotated[str, Form()] = "") -> Response:
+def labeler_invite(request: Request, labeler_id: DbId, csrf_token: Annotated[str, Form()] = "") -> Response:
     check_csrf(request, csrf_token)
     try:
         with db(request).write() as s:
@@ -89,7 +91,7 @@ def labeler_invite(request: Request, labeler_id: int, csrf_token: Annotated[str,
 
 
 @router.post("/labelers/{labeler_id}/active")
-def labeler_active(request: Request, labeler_id: int, active: Annotated[bool, Form()] = False,
+def labeler_active(request: Request, labeler_id: DbId, active: Annotated[bool, Form()] = False,
                    csrf_token: Annotated[str, Form()] = "") -> Response:
     check_csrf(request, csrf_token)
     try:
@@ -135,6 +137,10 @@ def new_tasks(request: Request, kind: Annotated[str, Form()], labels_needed: Ann
             lim = int(limit) if limit.strip() else None
         except ValueError:
             raise TetherError("round and limit: whole numbers, or empty for all") from None
+        if any(v is not None and not 0 <= v <= MAX_INT for v in (rnd, lim)):
+            raise TetherError(f"round and limit: from 0 to {MAX_INT}, or empty for all")
+        if not math.isfinite(priority):
+            raise TetherError("priority: a finite number, please")
         cats = [c.strip() for c in categories.split(",") if c.strip()]
         spec = TaskSpec(kind=kind, labels_needed=labels_needed, priority=priority, round=rnd, per_prompt=per_prompt,
                         k=k, limit=lim, policies=(policy_a, policy_b) if kind == "ab_eval" else None)
@@ -150,7 +156,7 @@ def new_tasks(request: Request, kind: Annotated[str, Form()], labels_needed: Ann
 
 # --- export -------------------------------------------------------------------------------------
 @router.get("/export.jsonl")
-def export(request: Request, round: int | None = None) -> Response:
+def export(request: Request, round: DbInt = None) -> Response:
     """Decided comparisons as TRL preference JSONL (ties and can't-tell are not written)."""
     d = db(request)
     with d.read() as s:

@@ -26,6 +26,8 @@ def _start_session(request: Request, lab: S.Labeler) -> str:
 
 
 def _check_login(request: Request, name: str, password: str) -> S.Labeler | None:
+    if "\x00" in name:  # no such name (and PostgreSQL refuses NUL in a query's text)
+        return None
     with db(request).read() as s:
         lab = s.scalar(select(S.Labeler).where(S.Labeler.name == name.strip()))
         ok = verify_password(password, lab.password_hash if lab is not None else None)
@@ -99,7 +101,7 @@ def accept_invite(request: Request, token: str, password: Annotated[str, Form(ma
 
 
 class LoginBody(BaseModel):
-    name: str = Field(min_length=1, max_length=255)
+    name: str = Field(min_length=1, max_length=255, pattern=r"^[^\x00]*$")
     password: str = Field(min_length=1, max_length=1024)
 
 

@@ -24,6 +24,7 @@ from sqlalchemy import select
 from tether.data import schema as S
 from tether.errors import TetherError
 from tether.web.app import AuthError, current_user, db
+from tether.web.limits import DbId
 
 router = APIRouter()
 GIF_FPS = 20  # Pendulum's own time step is 0.05 s: real time
@@ -82,7 +83,7 @@ def clip_gif(root: Path | None, sampling: dict) -> Path:
 
 
 @router.get("/clip/{task_id}/{slot}.gif")
-def clip(request: Request, task_id: int, slot: int) -> Response:
+def clip(request: Request, task_id: DbId, slot: DbId) -> Response:
     with db(request).read() as s:
         try:
             lab = current_user(request, s)

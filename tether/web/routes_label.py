@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -18,6 +18,7 @@ from tether.data import schema as S
 from tether.data.feedback import FLAW_CATEGORIES
 from tether.web.app import check_csrf, current_user, db, render
 from tether.web.forms import LabelError, form_to_dict
+from tether.web.limits import DbId, json_body
 from tether.web.queue import assigned_task, claim_next, progress, submit_label
 
 router = APIRouter()
@@ -99,7 +100,7 @@ def _task_page(request: Request, task_id: int, error: str | None = None, status:
 
 
 @router.get("/task/{task_id}")
-def show_task(request: Request, task_id: int) -> Response:
+def show_task(request: Request, task_id: DbId) -> Response:
     return _task_page(request, task_id)
 
 
@@ -111,7 +112,7 @@ def _submit(request: Request, task_id: int, form) -> None:
 
 
 @router.post("/task/{task_id}")
-async def answer_task(request: Request, task_id: int) -> Response:
+async def answer_task(request: Request, task_id: DbId) -> Response:
     """The task form: store the answer, then go to the next task. A bad answer shows the task again
     with the problem (422); someone else's task is 404."""
     form = await request.form()
@@ -137,7 +138,7 @@ def api_next(request: Request) -> Response:
 
 
 @router.get("/api/tasks/{task_id}")
-def api_task(request: Request, task_id: int) -> Response:
+def api_task(request: Request, task_id: DbId) -> Response:
     with db(request).read() as s:
         lab = current_user(request, s)
         task, assignment = assigned_task(s, lab.id, task_id)
@@ -145,9 +146,9 @@ def api_task(request: Request, task_id: int) -> Response:
 
 
 @router.post("/api/tasks/{task_id}/label")
-def api_answer(request: Request, task_id: int, payload: Annotated[dict[str, Any], Body()],
+def api_answer(request: Request, task_id: DbId, payload: Annotated[dict[str, Any], Depends(json_body)],
                next: bool = False) -> Response:
-    """Store an answer (header X-CSRF-Token required). With ?next=true the reply also carries the
+    """Store an answer (a JSON object; header X-CSRF-Token required). With ?next=true the reply also carries the
     labeler's next task, claimed in the same transaction: one round trip per item."""
     check_csrf(request, request.headers.get("x-csrf-token"))
     d = db(request)
