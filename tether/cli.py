@@ -308,6 +308,7 @@ from tether.commands.judge import judge  # noqa: E402
 from tether.commands.loop import demo, loop  # noqa: E402
 from tether.commands.report import report  # noqa: E402
 from tether.commands.serve import labelers_app, serve, tasks_app  # noqa: E402
+from tether.commands.serve_model import serve_model  # noqa: E402
 from tether.commands.online import grpo, rloo  # noqa: E402
 from tether.commands.ppo import ppo  # noqa: E402
 from tether.commands.sft import sft  # noqa: E402
@@ -325,6 +326,7 @@ app.command()(judge)
 app.command()(report)
 app.command()(control)
 app.command()(serve)
+app.command("serve-model")(serve_model)
 app.add_typer(labelers_app, name="labelers")
 app.add_typer(tasks_app, name="tasks")
 

@@ -16,8 +16,9 @@ Backends (anything with `prob_first(conversations) -> list[Reading]` works):
 - `HFBackend`: a local causal LM (default: the bundled SmolLM2-135M-Instruct, a weak judge). The
   judging prompt goes through the model's chat template; one forward pass per prompt, no generation.
 - `OpenAIBackend`: any OpenAI-compatible chat endpoint (llama.cpp server, vLLM, ...) by URL, stdlib
-  HTTP only. It asks for `logprobs`/`top_logprobs` of one token; if the server does not return them
-  it reads the letter from the reply text (probability 1 or 0).
+  HTTP only. It asks for the log-probs of one token with its top 20 alternatives (OpenAI's maximum:
+  a weak judge often ranks one letter below the top 5); if the server does not return them, or one
+  letter is not among them, it reads the letter from the reply text (probability 1 or 0).
 
 `tether.feedback.judge_feedback` stores verdicts as comparisons by a labeler with role 'ai_judge' and
 measures the judge against the gold scorer and other labelers.
@@ -204,7 +205,7 @@ class OpenAIBackend:
         payload = {"model": self.model, "messages": conversation, "max_tokens": self.max_tokens, "temperature": 0.0}
         try:
             try:
-                body = self._post(payload | ({"logprobs": True, "top_logprobs": 5} if self.logprobs else {}))
+                body = self._post(payload | ({"logprobs": True, "top_logprobs": 20} if self.logprobs else {}))
             except urllib.error.HTTPError as e:
                 if e.code not in (400, 422) or not self.logprobs:
                     raise
