@@ -120,3 +120,26 @@ def shared_run_dir(ws, stage: str, resume: bool) -> Path:
 
     PartialState(cpu=not torch.cuda.is_available())  # joins the process group (the recipe's accelerator reuses it)
     return Path(accelerate_broadcast(str(_pick_run_dir(ws, stage, resume)) if rank == 0 else None))
+
+
+def reward_source(ws, reward_model, reward_fn: str | None):
+    """(function or None, reward model folder or None) for an RL command: `--reward-fn` loaded, or
+    `--reward-model`, or else the workspace's newest reward model; a clear error when there is none."""
+    if reward_fn is not None:
+        if reward_model is not None:
+            raise TetherError("give --reward-model or --reward-fn, not both")
+        return load_function(reward_fn, "--reward-fn"), None
+    if reward_model is None:
+        reward_model = latest_model(ws.root, "rm")
+        if reward_model is None:
+            raise TetherError("no reward model in this workspace: train one with `tether rm`, "
+                              "or pass --reward-model or --reward-fn")
+    return None, reward_model
+
+
+def training_prompts(store, split: str, eval_split: str) -> tuple[list, list]:
+    """The prompts of `split` (an error naming the split if there are none) and of `eval_split`."""
+    prompts = store.prompts(split)
+    if not prompts:
+        raise TetherError(f"no prompts in split '{split}': import some with `tether import prompts FILE`")
+    return prompts, store.prompts(eval_split)

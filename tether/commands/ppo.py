@@ -9,9 +9,8 @@ from typing import Optional
 import typer
 from rich.text import Text
 
-from tether.commands.common import (WorkspaceOpt, console, latest_model, launched, load_function,
-                                    quiet_transformers, shared_run_dir, user_errors)
-from tether.errors import TetherError
+from tether.commands.common import (WorkspaceOpt, console, launched, quiet_transformers, reward_source,
+                                    shared_run_dir, training_prompts, user_errors)
 
 
 @user_errors
@@ -60,20 +59,8 @@ def ppo(reward_model: Optional[Path] = typer.Option(None, "--reward-model",
     quiet_transformers()
     ws = open_workspace(workspace)
     store = ws.store()
-    fn = None
-    if reward_fn is not None:
-        if reward_model is not None:
-            raise TetherError("give --reward-model or --reward-fn, not both")
-        fn = load_function(reward_fn, "--reward-fn")
-    elif reward_model is None:
-        reward_model = latest_model(ws.root, "rm")
-        if reward_model is None:
-            raise TetherError("no reward model in this workspace: train one with `tether rm`, "
-                              "or pass --reward-model or --reward-fn")
-    prompts = store.prompts(split)
-    if not prompts:
-        raise TetherError(f"no prompts in split '{split}': import some with `tether import prompts FILE`")
-    eval_prompts = store.prompts(eval_split)
+    fn, reward_model = reward_source(ws, reward_model, reward_fn)
+    prompts, eval_prompts = training_prompts(store, split, eval_split)
     out = shared_run_dir(ws, "ppo", resume)  # under `accelerate launch`: one folder, picked by the main process
     main = launched()[0] == 0
     cfg = recipe.PPOConfig(policy=policy or ws.config.policy, reward_model=str(reward_model) if reward_model else None,
