@@ -27,7 +27,7 @@ def dpo(data: Optional[Path] = typer.Option(None, "--data", help="Train on this 
         lora_r: Optional[int] = typer.Option(None, "--lora-r", help="Train LoRA adapters of this rank; the "
                                              "reference is the model with the adapter disabled."),
         epochs: int = typer.Option(1), batch_size: int = typer.Option(8, "--batch-size", help="Pairs per step."),
-        lr: Optional[float] = typer.Option(None, help="Default 1e-6 (full) or 1e-5 (LoRA)."),
+        lr: Optional[float] = typer.Option(None, help="Default 5e-6 (full) or 1e-5 (LoRA)."),
         max_length: int = typer.Option(512, "--max-length", help="Tokens of prompt + one response."),
         labelers: str = typer.Option("downweight", help="Flagged labelers: downweight, exclude or keep."),
         judge_weight: float = typer.Option(1.0, "--judge-weight", help="Weight of AI-judge labels (0: leave out)."),
