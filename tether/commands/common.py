@@ -143,3 +143,18 @@ def training_prompts(store, split: str, eval_split: str) -> tuple[list, list]:
     if not prompts:
         raise TetherError(f"no prompts in split '{split}': import some with `tether import prompts FILE`")
     return prompts, store.prompts(eval_split)
+
+
+def tracked(store, stage: str, round: int, params: dict, out, fn, main: bool = True):
+    """Run `fn()` as a database run row of `stage` tagged with `round` (written by the main process only):
+    'failed' if it raises, else 'done' with the result's metrics (its config left out). Returns fn's result."""
+    run_id = store.start_run(stage, round, params, str(out)) if main else None
+    try:
+        res = fn()
+    except BaseException:
+        if main:
+            store.finish_run(run_id, "failed")
+        raise
+    if main:
+        store.finish_run(run_id, "done", {k: v for k, v in res.metrics.items() if k != "config"})
+    return res

@@ -11,7 +11,7 @@ import typer
 from rich.text import Text
 
 from tether.commands.common import (WorkspaceOpt, console, launched, quiet_transformers, reward_source,
-                                    shared_run_dir, training_prompts, user_errors)
+                                    shared_run_dir, tracked, training_prompts, user_errors)
 
 # Options both commands take (one definition, shared like WorkspaceOpt).
 RewardModelOpt = typer.Option(None, "--reward-model", help="Reward model folder (default: the latest runs/rm-*/model).")
@@ -102,19 +102,12 @@ def run(estimator: str, *, reward_model: Optional[Path], reward_fn: Optional[str
     cfg.policy = policy or ws.config.policy
     cfg.reward_model = str(reward_model) if reward_model else None
     cfg.out_dir, cfg.threads = str(out), ws.config.threads or os.cpu_count()
-    run_id = store.start_run(estimator, ws.config.round,
-                             {k: str(v) for k, v in vars(cfg).items()} | {"reward_fn": reward_fn}, str(out)) if main else None
-    try:
-        res = recipe.train(cfg, prompts, reward_fn=fn, eval_prompts=eval_prompts,
-                           gold_fn=gold_score if gold else None, resume=resume)
-    except BaseException:
-        if main:
-            store.finish_run(run_id, "failed")
-        raise
+    params = {k: str(v) for k, v in vars(cfg).items()} | {"reward_fn": reward_fn}
+    res = tracked(store, estimator, ws.config.round, params, out, main=main, fn=lambda: recipe.train(
+        cfg, prompts, reward_fn=fn, eval_prompts=eval_prompts, gold_fn=gold_score if gold else None, resume=resume))
     m = res.metrics
     if not main:  # the main process records and reports the run
         return
-    store.finish_run(run_id, "done", {k: v for k, v in m.items() if k != "config"})
     last = m.get("last", {})
     summary = (f"{res.updates} {estimator} updates in {m['seconds'] / 60:.1f} min (KL in the {m['kl_in']}); "
                f"last batch: reward {last.get('reward', 0):.3f}, KL {last.get('kl', 0):.2f} nats")

@@ -10,7 +10,7 @@ import typer
 from rich.text import Text
 
 from tether.commands.common import (WorkspaceOpt, console, launched, quiet_transformers, reward_source,
-                                    shared_run_dir, training_prompts, user_errors)
+                                    shared_run_dir, tracked, training_prompts, user_errors)
 
 
 @user_errors
@@ -70,19 +70,12 @@ def ppo(reward_model: Optional[Path] = typer.Option(None, "--reward-model",
                            kl_target=kl_target, no_eos_penalty=no_eos_penalty, seed=seed, eval_every=eval_every,
                            checkpoint_every=checkpoint_every or None, out_dir=str(out), dtype=dtype,
                            rollout_backend=rollout_backend, threads=threads or ws.config.threads or os.cpu_count())
-    run_id = store.start_run("ppo", ws.config.round, {k: str(v) for k, v in vars(cfg).items()} | {"reward_fn": reward_fn},
-                             str(out)) if main else None
-    try:
-        res = recipe.train(cfg, prompts, reward_fn=fn, eval_prompts=eval_prompts,
-                           gold_fn=gold_score if gold else None, resume=resume)
-    except BaseException:
-        if main:
-            store.finish_run(run_id, "failed")
-        raise
+    params = {k: str(v) for k, v in vars(cfg).items()} | {"reward_fn": reward_fn}
+    res = tracked(store, "ppo", ws.config.round, params, out, main=main, fn=lambda: recipe.train(
+        cfg, prompts, reward_fn=fn, eval_prompts=eval_prompts, gold_fn=gold_score if gold else None, resume=resume))
     m = res.metrics
     if not main:  # the main process records and reports the run
         return
-    store.finish_run(run_id, "done", {k: v for k, v in m.items() if k != "config"})
     last = m.get("last", {})
     summary = f"{res.updates} updates in {m['seconds'] / 60:.1f} min; last batch: reward {last.get('reward', 0):.3f}, " \
               f"KL {last.get('kl', 0):.2f} nats"

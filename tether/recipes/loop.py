@@ -300,7 +300,7 @@ def _rm(ws, cfg: LoopConfig, state, rnd, again, say, save) -> dict:
                        train_layers=layers, seed=cfg.seed, out_dir=str(out),
                        lora=LoraSettings(r=cfg.lora_r, alpha=2 * cfg.lora_r) if cfg.lora_r else None,
                        threads=ws.config.threads or os.cpu_count())
-    res = _tracked(store, "rm", rnd["round"], rcfg, out, lambda: rm.train(
+    res = _track(store, "rm", rnd["round"], rcfg, out, lambda: rm.train(
         rcfg, preference_examples(store, collected), normalise_on=policy_samples(store, [rnd["round"]]),
         resume=again))
     m = res.metrics
@@ -326,7 +326,7 @@ def _policy(ws, cfg: LoopConfig, state, rnd, again, say, save) -> dict:
                              batch_size=cfg.batch_size, mini_batch_size=cfg.mini_batch_size or min(8, cfg.batch_size), ppo_epochs=cfg.ppo_epochs,
                              max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, kl_coef=cfg.kl_coef,
                              seed=cfg.seed + rnd["round"], out_dir=str(out), threads=threads)
-        res = _tracked(store, "ppo", rnd["round"], pcfg, out, lambda: ppo.train(
+        res = _track(store, "ppo", rnd["round"], pcfg, out, lambda: ppo.train(
             pcfg, store.prompts(cfg.split), gold_fn=gold_score, resume=again))
     elif cfg.algorithm in ("rloo", "grpo"):
         from tether.recipes import online
@@ -336,7 +336,7 @@ def _policy(ws, cfg: LoopConfig, state, rnd, again, say, save) -> dict:
                                    ppo_epochs=cfg.ppo_epochs, max_new_tokens=cfg.max_new_tokens,
                                    temperature=cfg.temperature, beta=cfg.kl_coef, seed=cfg.seed + rnd["round"],
                                    out_dir=str(out), threads=threads)
-        res = _tracked(store, cfg.algorithm, rnd["round"], pcfg, out, lambda: online.train(
+        res = _track(store, cfg.algorithm, rnd["round"], pcfg, out, lambda: online.train(
             pcfg, store.prompts(cfg.split), gold_fn=gold_score, resume=again))
     else:
         from tether.feedback.collect import collect_pairs, preference_examples
@@ -345,7 +345,7 @@ def _policy(ws, cfg: LoopConfig, state, rnd, again, say, save) -> dict:
         pcfg = dpo.DPOConfig(model=start, beta=cfg.dpo_beta, lora=lora, lr=cfg.lr, seed=cfg.seed + rnd["round"],
                              out_dir=str(out), threads=threads)
         pairs = preference_examples(store, collect_pairs(store, None, judge_weight=cfg.judge_weight))
-        res = _tracked(store, "dpo", rnd["round"], pcfg, out, lambda: dpo.train(pcfg, pairs, resume=again))
+        res = _track(store, "dpo", rnd["round"], pcfg, out, lambda: dpo.train(pcfg, pairs, resume=again))
     last = res.metrics.get("last", {})
     say(f"  {cfg.algorithm}: {res.model_dir}" + (f" (last batch: reward {last['reward']:.3f}, KL {last['kl']:.2f} nats)"
                                                 if "reward" in last and "kl" in last else ""))
@@ -384,16 +384,11 @@ def _eval(ws, cfg: LoopConfig, state, rnd, again, say, save) -> dict:
     return summary
 
 
-def _tracked(store, stage: str, round: int, cfg, out: Path, fn):
-    """Run `fn` as a database run row of `stage` (tagged with the round): done with its metrics, or failed."""
-    run_id = store.start_run(stage, round, {k: str(v) for k, v in vars(cfg).items()}, str(out))
-    try:
-        res = fn()
-    except BaseException:
-        store.finish_run(run_id, "failed")
-        raise
-    store.finish_run(run_id, "done", {k: v for k, v in res.metrics.items() if k != "config"})
-    return res
+def _track(store, stage: str, round: int, cfg, out: Path, fn):
+    """`fn` as a database run row of `stage`, tagged with the loop round (tether.commands.common.tracked)."""
+    from tether.commands.common import tracked
+
+    return tracked(store, stage, round, {k: str(v) for k, v in vars(cfg).items()}, out, fn)
 
 
 _REFERENCE_ANSWERS: dict = {}  # the starting policy's held-out answers, sampled once per process (same seeds)
