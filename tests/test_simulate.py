@@ -69,7 +69,16 @@ def test_rm_trains_from_simulated_feedback_via_cli(tmp_path, tiny_model_dir):
     r = runner.invoke(app, ["score", "--out", str(tmp_path / "scores.jsonl"), "-w", str(ws.root)])
     assert r.exit_code == 0, r.output
     assert "48 responses scored" in r.output and "pairwise accuracy" in r.output
+    assert "labelers vs the gold scorer" in r.output and "labelled pairs" in r.output
     assert len((tmp_path / "scores.jsonl").read_text().splitlines()) == 48
+    with ws.store().session() as s:  # the first 3 prompts become held out
+        for p in s.scalars(select(S.Prompt).order_by(S.Prompt.id).limit(3)):
+            p.split = "eval"
+    r = runner.invoke(app, ["score", "--split", "eval", "-w", str(ws.root)])
+    assert r.exit_code == 0, r.output
+    assert "12 responses scored" in r.output and "same-prompt pairs of split 'eval'" in r.output
+    r = runner.invoke(app, ["score", "--split", "nope", "-w", str(ws.root)])
+    assert r.exit_code == 1 and "no sampled responses to score in split 'nope'" in r.output
 
 
 def test_gold_agreement_by_hand():
@@ -82,3 +91,16 @@ def test_gold_agreement_by_hand():
             dict(prompt_id=2, reward=1, gold=0.2)]
     g = gold_agreement(rows)
     assert (g["pairs"], g["accuracy"]) == (4, 0.75)
+
+
+def test_labeler_gold_agreement_by_hand():
+    """Gold: 1 -> 0.9, 2 -> 0.5, 3 -> 0.5, 4 -> 0.1. Pairs (chosen > rejected, weight): 1>4 (1.0) agrees,
+    4>1 (0.3) disagrees, 2>4 (1.0) agrees, 2>3 (1.0) is a gold tie and skipped. Raw 2/3; weighted
+    (1.0 + 1.0) / (1.0 + 0.3 + 1.0) = 2 / 2.3."""
+    from tether.eval.scoring import labeler_gold_agreement
+    from tether.feedback.aggregate import Pair
+
+    gold = {1: 0.9, 2: 0.5, 3: 0.5, 4: 0.1}
+    pairs = [Pair(7, 1, 4, 1.0), Pair(7, 4, 1, 0.3), Pair(7, 2, 4, 1.0), Pair(7, 2, 3, 1.0)]
+    g = labeler_gold_agreement(pairs, gold)
+    assert g["pairs"] == 3 and abs(g["accuracy"] - 2 / 3) < 1e-12 and abs(g["weighted"] - 2 / 2.3) < 1e-12

@@ -249,9 +249,14 @@ def rm(model: Optional[str] = typer.Option(None, help="Start from this model (de
 def score(model: Optional[Path] = typer.Option(None, help="Reward model folder (default: the latest runs/rm-*/model)."),
           rounds: Optional[str] = typer.Option(None, help="Comma-separated rounds (default: all)."),
           gold: bool = typer.Option(True, help="Also score with the gold scorer and report agreement."),
+          split: Optional[str] = typer.Option(None, help="Only responses to prompts of this split (e.g. 'eval': "
+                                              "prompts the reward model never saw; default: all)."),
           out: Optional[Path] = typer.Option(None, help="Write one JSON line per response here."),
           workspace: Path = WorkspaceOpt):
-    """Score the stored samples with a reward model (normalised reward and ensemble spread)."""
+    """Score the stored samples with a reward model (normalised reward and ensemble spread).
+
+    With the gold scorer (simulated runs), it reports the reward model's pairwise agreement with gold
+    and, beside it, the labelers' own agreement with gold on every pair they labelled."""
     import json
 
     from tether.eval.scoring import gold_agreement, score_rows, stored_responses
@@ -264,9 +269,11 @@ def score(model: Optional[Path] = typer.Option(None, help="Reward model folder (
         model = latest_model(ws.root, "rm")
         if model is None:
             raise TetherError("no reward model in this workspace: train one with `tether rm`, or pass --model")
-    rows = stored_responses(ws.store(), parse_rounds(rounds))
+    store = ws.store()
+    rows = stored_responses(store, parse_rounds(rounds), split=split)
     if not rows:
-        raise TetherError("no sampled responses to score: run `tether sample` first")
+        raise TetherError("no sampled responses to score" + (f" in split '{split}': run `tether sample --split {split}`"
+                                                             if split else ": run `tether sample` first"))
     rm_model, tok = load_reward_model(str(model))
     score_rows(rows, rm_model, tok)
     rewards = [r["reward"] for r in rows]
@@ -277,11 +284,31 @@ def score(model: Optional[Path] = typer.Option(None, help="Reward model folder (
         for r in rows:
             r["gold"] = gold_score(r["prompt"], r["response"], r["finished"])
         g = gold_agreement(rows)
-        console.print(Text(f"agreement with the gold scorer: pairwise accuracy {g['accuracy']:.3f} over {g['pairs']} "
-                           f"same-prompt pairs, Spearman {g['spearman']:.3f}"))
+        where = f" of split '{split}'" if split else ""
+        console.print(Text(f"reward model vs the gold scorer: pairwise accuracy {g['accuracy']:.3f} over {g['pairs']} "
+                           f"same-prompt pairs{where}, Spearman {g['spearman']:.3f}"))
+        labelled = labelers_vs_gold(store, parse_rounds(rounds))
+        if labelled and labelled["pairs"]:
+            console.print(Text(f"labelers vs the gold scorer: {labelled['accuracy']:.3f} over {labelled['pairs']} "
+                               f"labelled pairs ({labelled['weighted']:.3f} weighted as the reward model trains)"))
     if out:
         out.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "messages"}) + "\n" for r in rows))
         console.print(Text(f"scores written to {out}"))
+
+
+def labelers_vs_gold(store, rounds) -> dict | None:
+    """The labelers' agreement with the gold scorer on every pair they labelled (None: no feedback)."""
+    from tether.eval.scoring import labeler_gold_agreement, stored_responses
+    from tether.feedback.collect import collect_pairs
+    from tether.feedback.gold import gold_score
+
+    collected = collect_pairs(store, rounds)
+    if not collected.pairs:
+        return None
+    ids = {p.chosen for p in collected.pairs} | {p.rejected for p in collected.pairs}
+    gold = {r["response_id"]: gold_score(r["prompt"], r["response"], r["finished"])
+            for r in stored_responses(store, None, source=None) if r["response_id"] in ids}
+    return labeler_gold_agreement(collected.pairs, gold)
 
 
 @app.command()

@@ -3,6 +3,10 @@
 `gold_agreement` is the reward model's report card in simulated runs: over every pair of
 responses to the same prompt whose gold scores differ, how often does the reward model order them
 as the gold scorer does (pairwise accuracy), and how well do the two rank all responses (Spearman).
+`labeler_gold_agreement` is the yardstick beside it: how often the labelers' own preferences (every
+stored pair, from every feedback kind) agree with the gold scorer, raw and as the reward model
+weighs them (flagged labelers down-weighted). A reward model cannot be expected to beat the labels
+it learns from by much; on held-out prompts it should come close to them.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from tether.data.store import Store
 
 
 def stored_responses(store: Store, rounds: list[int] | None = None, source: str | None = "sample",
-                     limit: int | None = None) -> list[dict]:
+                     limit: int | None = None, split: str | None = None) -> list[dict]:
+    """Stored responses with their prompts, oldest first; `split`: only prompts of that split."""
     with store.session() as s:
         q = select(S.Response.id, S.Response.prompt_id, S.Prompt.text, S.Prompt.messages, S.Response.text,
                    S.Response.finished, S.Response.round, S.Response.policy).join(S.Prompt).order_by(S.Response.id)
@@ -25,6 +30,8 @@ def stored_responses(store: Store, rounds: list[int] | None = None, source: str 
             q = q.where(S.Response.round.in_(rounds))
         if source is not None:
             q = q.where(S.Response.source == source)
+        if split is not None:
+            q = q.where(S.Prompt.split == split)
         if limit is not None:
             q = q.limit(limit)
         return [dict(response_id=i, prompt_id=p, prompt=pt, messages=m, response=t, finished=f, round=r, policy=pol)
@@ -76,3 +83,24 @@ def gold_agreement(rows: list[dict], key: str = "reward", gold: str = "gold", mi
             right += (x[key] - y[key]) * (x[gold] - y[gold]) > 0
     return {"pairs": total, "accuracy": right / total if total else float("nan"),
             "spearman": spearman([r[key] for r in rows], [r[gold] for r in rows])}
+
+
+def labeler_gold_agreement(pairs, gold: dict[int, float]) -> dict:
+    """How often labelled pairs prefer what the gold scorer prefers.
+
+    `pairs`: `aggregate.Pair`s (chosen, rejected, weight); `gold`: response id -> gold score. Pairs whose
+    two gold scores are equal carry no gold preference and are skipped. Returns the raw share of
+    agreeing pairs ("accuracy"), the weight-averaged share ("weighted", with the weights the reward
+    model trains with) and the number of pairs counted."""
+    right = total = w_right = w_total = 0.0
+    for p in pairs:
+        g = gold[p.chosen] - gold[p.rejected]
+        if g == 0:
+            continue
+        total += 1
+        w_total += p.weight
+        if g > 0:
+            right += 1
+            w_right += p.weight
+    return {"pairs": int(total), "accuracy": right / total if total else float("nan"),
+            "weighted": w_right / w_total if w_total else float("nan")}
