@@ -4,10 +4,11 @@ step, max new tokens, temperature, beta, learning rate and number of steps, in o
 
     python bench/online.py [--algos rloo,grpo --steps 8 --prompts 2 --k 4 --max-new-tokens 64 --threads 2]
     python bench/online.py --tiny      # one-minute smoke test on a tiny random model
+    python bench/online.py --bf16      # each side at its best on a CPU with AVX512-BF16 / AMX: bf16 autocast
 
 tether accumulates gradients over micro-batches of `--micro-batch-size` samples inside the one
 optimizer step (the same update, less activation memory; TRL forwards the whole batch at once).
-Each (side, algorithm) runs in its own subprocess (so peak memory is its own), fp32 (TRL: bf16=False,
+Each (side, algorithm) runs in its own subprocess (so peak memory is its own), fp32 unless --bf16 (TRL: bf16=False,
 gradient_checkpointing=False, set explicitly), one after the other (never two at once). A step is one
 generation batch (prompts x K samples) and one optimizer step on it, timed from the start of generation
 to the end of the update on both sides; the figure is the median over steps after the first. The reward
@@ -80,7 +81,7 @@ def run_tether(args, algo: str, model: str, out: Path) -> dict:
                        max_new_tokens=args.max_new_tokens, max_prompt_length=4096, temperature=args.temperature,
                        beta=args.beta, lr=args.lr, no_eos_penalty=0.0, clip_eps=0.2, max_grad_norm=1.0,
                        micro_batch_size=args.micro_batch_size, checkpoint_every=None, threads=args.threads,
-                       out_dir=str(out / f"tether-{algo}"), seed=0)
+                       out_dir=str(out / f"tether-{algo}"), seed=0, dtype="bfloat16" if args.bf16 else "float32")
     prompts = [[{"role": "user", "content": p}] for p in train_prompts()]
     t0 = time.perf_counter()
     train(cfg, prompts, reward_fn=reward, show_progress=False)
@@ -121,7 +122,7 @@ def run_trl(args, algo: str, model: str, out: Path) -> dict:
                   num_generations=args.k, max_completion_length=args.max_new_tokens, temperature=args.temperature,
                   top_p=1.0, top_k=0, beta=args.beta, learning_rate=args.lr, lr_scheduler_type="linear",
                   warmup_steps=0, num_iterations=1, epsilon=0.2, max_grad_norm=1.0, logging_steps=1,
-                  save_strategy="no", report_to="none", use_cpu=True, bf16=False, fp16=False,
+                  save_strategy="no", report_to="none", use_cpu=True, bf16=args.bf16, fp16=False,
                   gradient_checkpointing=False, dataloader_num_workers=0, seed=0, disable_tqdm=True,
                   model_init_kwargs={"dtype": torch.float32})
     if algo == "grpo":
@@ -159,6 +160,8 @@ def main() -> None:
     ap.add_argument("--micro-batch-size", type=int, default=8, help="tether: samples per forward/backward "
                     "(gradient accumulation within the one optimizer step: the same update, less memory)")
     ap.add_argument("--tiny", action="store_true", help="tiny random model, 3 steps, 16 new tokens: a smoke test")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (TRL: bf16=True), "
+                    "generation included; worth it only where bf16 matmuls are fast (AVX512-BF16, AMX, GPUs)")
     ap.add_argument("--side", choices=["tether", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -183,14 +186,16 @@ def main() -> None:
             args.model = resolve("bundled")  # both sides load the same converted folder
         print(f"model={args.model} steps={args.steps} prompts/step={args.prompts} k={args.k} "
               f"max_new_tokens={args.max_new_tokens} temperature={args.temperature} beta={args.beta} lr={args.lr} "
-              f"threads={args.threads} fp32 torch={torch.__version__}; reward: gold_score", flush=True)
+              f"threads={args.threads} {'bf16 autocast' if args.bf16 else 'fp32'} torch={torch.__version__}; "
+              "reward: gold_score", flush=True)
         samples = args.prompts * args.k
         for algo in args.algos.split(","):
             results = {}
             for side in ("trl", "tether"):
                 cmd = [sys.executable, __file__, "--side", side, "--out", tmp] + sum(
                     ([f"--{k.replace('_', '-')}", str(v)] for k, v in vars(args).items()
-                     if k not in ("side", "out", "tiny", "algos")), []) + ["--algos", algo]
+                     if k not in ("side", "out", "tiny", "algos", "bf16")), []) + ["--algos", algo] + \
+                    (["--bf16"] if args.bf16 else [])
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
                 if proc.returncode != 0 or not line:
