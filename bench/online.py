@@ -17,7 +17,8 @@ polite, on topic), called by both sides on the same (prompt, response, finished)
 is off on tether's side since the scorer already sees `finished`. Both sides put the KL where their
 paper does: RLOO in the reward (k1 summed per sequence), GRPO in the loss (per-token k3, token-mean
 "dapo" normalisation, rewards scaled by the group std). Prompts: tether/assets/prompts.jsonl, train
-split, through the model's chat template.
+split, through the model's chat template. Also printed: tether's MFU against a matmul peak measured in
+the same run (bench/flops.py).
 """
 
 from __future__ import annotations
@@ -189,6 +190,19 @@ def main() -> None:
               f"threads={args.threads} {'bf16 autocast' if args.bf16 else 'fp32'} torch={torch.__version__}; "
               "reward: gold_score", flush=True)
         samples = args.prompts * args.k
+        from flops import matmul_params, matmul_peak  # bench/flops.py
+        from transformers import AutoTokenizer
+
+        from tether.models import encode_prompt
+
+        n_params = matmul_params(args.model)
+        tok = AutoTokenizer.from_pretrained(args.model)
+        prompt_tokens = statistics.mean(len(encode_prompt(tok, [{"role": "user", "content": p}]))
+                                        for p in train_prompts())
+        dtype = "bfloat16" if args.bf16 else "float32"
+        peak = matmul_peak(args.threads, dtype)
+        print(f"matmul peak here: {peak / 1e9:.0f} GFLOP/s ({dtype}, {args.threads} threads); model: "
+              f"{n_params / 1e6:.1f}M matmul parameters; mean prompt {prompt_tokens:.0f} tokens", flush=True)
         for algo in args.algos.split(","):
             results = {}
             for side in ("trl", "tether"):
@@ -206,6 +220,11 @@ def main() -> None:
                       f"{r['peak_rss_mb']:.0f} MB, wall {r['wall_s']:.0f} s, reward first {r['reward'][0]:.3f} "
                       f"last {r['reward'][-1]:.3f}, mean length last {r['length'][-1]:.1f}", flush=True)
             t, p = results["tether"], results["trl"]
+            # per step: generation 2N per token (prefill and decode), reference forward 2N, training 6N
+            tokens = samples * (prompt_tokens + statistics.mean(t["length"]))
+            mfu = 10 * n_params * tokens / statistics.median(t["step_s"]) / peak
+            print(f"  {algo} tether MFU {mfu:.1%} of the measured {dtype} matmul peak "
+                  f"(10·N·tokens per step, {tokens:.0f} tokens)", flush=True)
             speed = statistics.median(p["step_s"]) / statistics.median(t["step_s"])
             mem = t["peak_rss_mb"] / p["peak_rss_mb"]
             print(f"{algo} tether/TRL: samples/s x{speed:.2f} (goal >= 2), peak RSS x{mem:.2f} (goal <= 0.6)",
