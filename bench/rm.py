@@ -2,8 +2,13 @@
 same model, pairs, batch size, max length, learning rate and number of steps, in one run.
 
     python bench/rm.py [--steps 8 --batch-size 8 --max-length 128 --threads 2]
+    python bench/rm.py --train-layers 8   # tether trains only the top 8 layers and the head (TRL: all)
+    python bench/rm.py --bf16             # both sides under bf16 autocast (CPUs with AVX512-BF16 / AMX, GPUs)
 
-Each side runs in its own subprocess (so peak memory is its own), fp32, no gradient checkpointing,
+`--train-layers N` is tether's cheaper recipe (`tether rm --train-layers N`: the lower layers frozen,
+no gradients or optimizer state for them), compared at the same steps with TRL training every layer;
+the held-out accuracy printed beside it says whether it costs quality.
+Each side runs in its own subprocess (so peak memory is its own), fp32 unless --bf16, no gradient checkpointing,
 one after the other (never two at once). Step time is the median over steps after the first. The
 pairs are bundled prompts with answer variants (concise, rambling, repetitive, cut off, impolite,
 off topic) ordered by tether's gold scorer; held-out accuracy is measured on prompts neither side
@@ -70,7 +75,8 @@ def run_tether(args, train_rows, out: Path) -> dict:
     epochs = max(1, -(-args.steps * args.batch_size // len(pairs)))
     cfg = RMConfig(model=args.model, batch_size=args.batch_size, max_length=args.max_length, lr=args.lr,
                    epochs=epochs, warmup=0.0, threads=args.threads, log_every=1, checkpoint_every=None,
-                   eval_fraction=0.0, out_dir=str(out / "tether"), stop_after=args.steps, seed=0)
+                   eval_fraction=0.0, out_dir=str(out / "tether"), stop_after=args.steps, seed=0,
+                   train_layers=args.train_layers, dtype="bfloat16" if args.bf16 else "float32")
     t0 = time.perf_counter()
     res = train(cfg, pairs, eval_pairs=[], show_progress=False)
     wall = time.perf_counter() - t0
@@ -105,7 +111,7 @@ def run_trl(args, train_rows, out: Path) -> dict:
     cfg = RewardConfig(output_dir=str(out / "trl"), max_steps=args.steps, per_device_train_batch_size=args.batch_size,
                        gradient_accumulation_steps=1, learning_rate=args.lr, lr_scheduler_type="linear",
                        warmup_steps=0, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
-                       bf16=False, fp16=False, gradient_checkpointing=False, dataloader_num_workers=0, seed=0,
+                       bf16=args.bf16, fp16=False, gradient_checkpointing=False, dataloader_num_workers=0, seed=0,
                        disable_tqdm=True, max_length=args.max_length)
     t0 = time.perf_counter()
     trainer = RewardTrainer(model=resolve(args.model), args=cfg, train_dataset=Dataset.from_list(train_rows),
@@ -138,6 +144,8 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--train-layers", type=int, help="tether: train only the top N layers and the head")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (TRL: bf16=True)")
     ap.add_argument("--side", choices=["tether", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -156,13 +164,15 @@ def main() -> None:
     import torch
 
     print(f"model={args.model} steps={args.steps} batch={args.batch_size} pairs max_length={args.max_length} "
-          f"lr={args.lr} threads={args.threads} fp32 torch={torch.__version__}; {len(train_rows)} train pairs, "
+          f"lr={args.lr} threads={args.threads} {'bf16 autocast' if args.bf16 else 'fp32'} "
+          f"tether train_layers={args.train_layers or 'all'} torch={torch.__version__}; {len(train_rows)} train pairs, "
           f"{len(eval_rows)} held-out pairs", flush=True)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for side in ("trl", "tether"):
             cmd = [sys.executable, __file__, "--side", side, "--out", tmp] + sum(
-                ([f"--{k.replace('_', '-')}", str(v)] for k, v in vars(args).items() if k not in ("side", "out")), [])
+                ([f"--{k.replace('_', '-')}", str(v)] for k, v in vars(args).items()
+                 if k not in ("side", "out", "bf16") and v is not None), []) + (["--bf16"] if args.bf16 else [])
             proc = subprocess.run(cmd, capture_output=True, text=True)
             line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
             if proc.returncode != 0 or not line:
