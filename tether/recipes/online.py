@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import math
 import shutil
@@ -155,8 +156,9 @@ def group_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, w
                     position_ids=positions[::k, :width], use_cache=True)  # B / k prompts
     cache = head.past_key_values
     cache.batch_repeat_interleave(k)  # (B / k, ...) -> (B, ...), differentiable
+    name = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"  # renamed in 5.x
     hidden = backbone(input_ids=input_ids[:, width:], attention_mask=attention_mask, position_ids=positions[:, width:],
-                      past_key_values=cache, use_cache=True).last_hidden_state  # (B, T, D)
+                      use_cache=True, **{name: cache}).last_hidden_state  # (B, T, D)
     first = head.last_hidden_state[:, -1:].repeat_interleave(k, 0)  # (B, 1, D) predicts response token 0
     return inner.get_output_embeddings()(torch.cat([first, hidden[:, :-1]], 1))  # (B, T, V)
 
