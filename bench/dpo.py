@@ -3,6 +3,7 @@ pairs, batch size, max length, learning rate, beta and number of steps, in one r
 
     python bench/dpo.py [--steps 6 --batch-size 8 --max-length 128 --threads 2]   # the bundled model
     python bench/dpo.py --tiny --steps 4                                         # smoke test, about a minute
+    python bench/dpo.py --micro-batch-size 4   # tether: 2 micro-batches of 4 pairs per step (same update)
 
 Each side runs in its own subprocess (so peak memory is its own), one after the other (never two at
 once), fp32 (TRL: bf16=False and gradient_checkpointing=False set explicitly), sigmoid DPO, beta 0.1.
@@ -13,6 +14,8 @@ throughput therefore charges tether's reference pass to its steps (pairs / (step
 step)); the loop-only ratio is printed too. Step time is the median over steps after the first. The
 pairs are bench/rm.py's: bundled train prompts with answer variants ordered by tether's gold scorer,
 the first steps x batch-size of them (shuffled with seed 0) for both sides, one epoch.
+`--micro-batch-size M`: tether accumulates gradients over batch-size / M micro-batches of M pairs
+inside each optimizer step (`DPOConfig.grad_accum`): the same update and data, less activation memory.
 """
 
 from __future__ import annotations
@@ -71,7 +74,11 @@ def run_tether(args, rows, out: Path) -> dict:
     from tether.recipes.rm import PreferenceExample
 
     pairs = [PreferenceExample(r["prompt"], r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in rows]
-    cfg = DPOConfig(model=args.model, loss="dpo", beta=0.1, batch_size=args.batch_size, max_length=args.max_length,
+    micro = args.micro_batch_size or args.batch_size
+    if args.batch_size % micro:
+        raise SystemExit(f"--micro-batch-size {micro} must divide --batch-size {args.batch_size}")
+    cfg = DPOConfig(model=args.model, loss="dpo", beta=0.1, batch_size=micro, grad_accum=args.batch_size // micro,
+                    max_length=args.max_length,
                     lr=args.lr, epochs=1, warmup=0.0, threads=args.threads, log_every=1, checkpoint_every=None,
                     eval_fraction=0.0, out_dir=str(out / "tether"), seed=0)
     t0 = time.perf_counter()
@@ -127,6 +134,8 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-6)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--micro-batch-size", type=int, help="tether: pairs per forward/backward (gradient "
+                    "accumulation within the optimizer step: the same update, less memory); default: the batch")
     ap.add_argument("--side", choices=["tether", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -151,12 +160,13 @@ def main() -> None:
         if args.tiny:
             args.model = tiny_model(Path(tmp) / "tiny")
         print(f"model={'tiny random Llama' if args.tiny else args.model} steps={args.steps} batch={args.batch_size} "
-              f"pairs max_length={args.max_length} lr={args.lr} beta=0.1 sigmoid threads={args.threads} fp32 "
+              f"pairs (tether micro-batch {args.micro_batch_size or args.batch_size}) max_length={args.max_length} "
+              f"lr={args.lr} beta=0.1 sigmoid threads={args.threads} fp32 "
               f"torch={torch.__version__}; {len(rows)} pairs, one epoch", flush=True)
         for side in ("trl", "tether"):
             cmd = [sys.executable, __file__, "--side", side, "--out", tmp] + sum(
                 ([f"--{k.replace('_', '-')}", str(v)] for k, v in vars(args).items()
-                 if k not in ("side", "out", "tiny")), [])
+                 if k not in ("side", "out", "tiny") and v is not None), [])
             proc = subprocess.run(cmd, capture_output=True, text=True)
             line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
             if proc.returncode != 0 or not line:
