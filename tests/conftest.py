@@ -136,3 +136,22 @@ def word_model_dir(tmp_path_factory):
     LlamaForCausalLM(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def decode_precision(monkeypatch):
+    """Records, for each call of `tether.rollout.generate` (as RL recipes call it), whether CPU bf16
+    autocast was on: the precision the rollout decoded in."""
+    import torch
+
+    from tether import rollout
+
+    seen: list[bool] = []
+    real = rollout.generate
+
+    def spy(*a, **kw):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        yield from real(*a, **kw)
+
+    monkeypatch.setattr(rollout, "generate", spy)
+    return seen

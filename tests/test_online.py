@@ -152,22 +152,11 @@ def test_bfloat16_autocast_recomputes_the_old_logprobs(word_model_dir, tmp_path)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_generation_runs_in_the_training_precision(word_model_dir, tmp_path, monkeypatch, dtype):
+def test_generation_runs_in_the_training_precision(word_model_dir, tmp_path, decode_precision, dtype):
     """Under bf16 autocast the rollout decodes in bf16 too (the fast path where bf16 matmuls are); fp32 stays fp32."""
-    from tether import rollout
-    from tether.recipes import online
-
-    seen = []
-    real = rollout.generate
-
-    def spy(*a, **kw):
-        seen.append(torch.is_autocast_enabled("cpu"))
-        yield from real(*a, **kw)
-
-    monkeypatch.setattr(online.rollout, "generate", spy)
     res = train(_cfg(word_model_dir, tmp_path / dtype, updates=1, dtype=dtype), PROMPTS, reward_fn=word_count,
                 show_progress=False)
-    assert res.completed and seen == [dtype == "bfloat16"]
+    assert res.completed and decode_precision == [dtype == "bfloat16"]
 
 
 def test_lora_reference_is_the_base_with_adapters_off(word_model_dir, tmp_path):
