@@ -1,5 +1,7 @@
 """Simulated labelers label stored samples through the same checked path as people."""
 
+import json
+
 from sqlalchemy import select
 
 from tether.data import schema as S
@@ -79,6 +81,23 @@ def test_rm_trains_from_simulated_feedback_via_cli(tmp_path, tiny_model_dir):
     assert "12 responses scored" in r.output and "same-prompt pairs of split 'eval'" in r.output
     r = runner.invoke(app, ["score", "--split", "nope", "-w", str(ws.root)])
     assert r.exit_code == 1 and "no sampled responses to score in split 'nope'" in r.output
+    rows = [{"prompt": "What is the capital of France?", "response": "Paris.", "id": "a"},
+            {"prompt": [{"role": "user", "content": "What is the capital of France?"}], "response": "Lyon, maybe",
+             "finished": False}]
+    (tmp_path / "answers.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+    model = ws.root / "runs" / "rm-1" / "model"
+    r = runner.invoke(app, ["score", "--file", str(tmp_path / "answers.jsonl"), "--model", str(model),
+                            "--out", str(tmp_path / "scored.jsonl"), "-w", str(tmp_path / "no-workspace")])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())  # rich wraps long lines
+    assert "2 responses from" in text and "over 1 same-prompt pairs" in text and "labelers vs" not in text
+    scored = [json.loads(x) for x in (tmp_path / "scored.jsonl").read_text().splitlines()]
+    assert [x["response"] for x in scored] == ["Paris.", "Lyon, maybe"] and scored[0]["id"] == "a"
+    assert scored[1]["finished"] is False and all(isinstance(x["reward"], float) for x in scored)
+    (tmp_path / "bad.jsonl").write_text(json.dumps(rows[0]) + "\n" + json.dumps({"prompt": "Q", "finished": 1}) + "\n")
+    r = runner.invoke(app, ["score", "--file", str(tmp_path / "bad.jsonl"), "--model", str(model)])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 1 and "bad.jsonl" in text and "line 2" in text and "'response'" in text
 
 
 def test_gold_agreement_by_hand():

@@ -251,9 +251,12 @@ def score(model: Optional[Path] = typer.Option(None, help="Reward model folder (
           gold: bool = typer.Option(True, help="Also score with the gold scorer and report agreement."),
           split: Optional[str] = typer.Option(None, help="Only responses to prompts of this split (e.g. 'eval': "
                                               "prompts the reward model never saw; default: all)."),
+          file: Optional[Path] = typer.Option(None, "--file", help="Score this .jsonl file instead of the stored "
+                                              "samples: {\"prompt\": text or messages, \"response\": text, "
+                                              "\"finished\": bool (optional)} per line."),
           out: Optional[Path] = typer.Option(None, help="Write one JSON line per response here."),
           workspace: Path = WorkspaceOpt):
-    """Score the stored samples with a reward model (normalised reward and ensemble spread).
+    """Score the stored samples (or --file) with a reward model (normalised reward and ensemble spread).
 
     With the gold scorer (simulated runs), it reports the reward model's pairwise agreement with gold
     and, beside it, the labelers' own agreement with gold on every pair they labelled."""
@@ -264,20 +267,31 @@ def score(model: Optional[Path] = typer.Option(None, help="Reward model folder (
     from tether.workspace import open_workspace
 
     quiet_transformers()
-    ws = open_workspace(workspace)
+    ws = open_workspace(workspace) if model is None or file is None else None  # a file and a model need none
     if model is None:
         model = latest_model(ws.root, "rm")
         if model is None:
             raise TetherError("no reward model in this workspace: train one with `tether rm`, or pass --model")
-    store = ws.store()
-    rows = stored_responses(store, parse_rounds(rounds), split=split)
+    store = ws.store() if ws is not None else None
+    if file is not None:
+        from tether.data.io import read_responses
+
+        if split or rounds:
+            raise TetherError("--file scores the file's rows: --split and --rounds apply to stored samples only")
+        rows = read_responses(file)
+        ids: dict[str, int] = {}
+        for r in rows:  # same-prompt pairs for the gold agreement: one id per distinct prompt
+            r["prompt_id"] = ids.setdefault(json.dumps(r["messages"]), len(ids))
+    else:
+        rows = stored_responses(store, parse_rounds(rounds), split=split)
     if not rows:
         raise TetherError("no sampled responses to score" + (f" in split '{split}': run `tether sample --split {split}`"
                                                              if split else ": run `tether sample` first"))
     rm_model, tok = load_reward_model(str(model))
     score_rows(rows, rm_model, tok)
     rewards = [r["reward"] for r in rows]
-    console.print(Text(f"{len(rows)} responses scored by {model}: mean reward {sum(rewards) / len(rows):.3f}"))
+    console.print(Text(f"{len(rows)} responses{f' from {file}' if file else ''} scored by {model}: mean reward "
+                       f"{sum(rewards) / len(rows):.3f}"))
     if gold:
         from tether.feedback.gold import gold_score
 
@@ -287,7 +301,7 @@ def score(model: Optional[Path] = typer.Option(None, help="Reward model folder (
         where = f" of split '{split}'" if split else ""
         console.print(Text(f"reward model vs the gold scorer: pairwise accuracy {g['accuracy']:.3f} over {g['pairs']} "
                            f"same-prompt pairs{where}, Spearman {g['spearman']:.3f}"))
-        labelled = labelers_vs_gold(store, parse_rounds(rounds))
+        labelled = None if file else labelers_vs_gold(store, parse_rounds(rounds))
         if labelled and labelled["pairs"]:
             console.print(Text(f"labelers vs the gold scorer: {labelled['accuracy']:.3f} over {labelled['pairs']} "
                                f"labelled pairs ({labelled['weighted']:.3f} weighted as the reward model trains)"))

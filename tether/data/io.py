@@ -113,6 +113,38 @@ def _last_user(messages: list[dict]) -> str:
     return users[-1] if users else messages[-1]["content"]
 
 
+# --- responses to score (`tether score --file`) --------------------------------------------------
+def read_responses(path: str | Path) -> list[dict]:
+    """Rows of a .jsonl file, {"prompt": text or messages, "response": text, "finished": bool (optional,
+    default true: the answer ended by itself, not cut at a length limit)}, as dicts with prompt (text),
+    messages, response and finished; any other field is kept as it is."""
+    p = _open(path)
+    if p.suffix.lower() != ".jsonl":
+        raise TetherError(f"{p}: unsupported file type '{p.suffix}' for responses to score (use .jsonl)")
+    out = []
+    for n, row in _read_jsonl(p):
+        for key in ("prompt", "response"):
+            if key not in row:
+                raise InputError(p, n, f"missing field '{key}'")
+        prompt = row.pop("prompt")
+        if isinstance(prompt, list):
+            msgs = _messages(prompt, p, n, "prompt")
+            text = _last_user(msgs)
+        else:  # plain text becomes one user message, as for imported prompts
+            text = _text(prompt, p, n, "prompt")
+            msgs = [{"role": "user", "content": text}]
+        response = row.pop("response")
+        if not isinstance(response, str):
+            raise InputError(p, n, "field 'response': expected a string")
+        finished = row.pop("finished", True)
+        if not isinstance(finished, bool):
+            raise InputError(p, n, f"field 'finished': expected true or false, got {finished!r}")
+        out.append({**row, "prompt": text, "messages": msgs, "response": response, "finished": finished})
+    if not out:
+        raise TetherError(f"{p}: no responses found")
+    return out
+
+
 # --- prompts ------------------------------------------------------------------------------------
 def read_prompts(path: str | Path) -> list[PromptIn]:
     """Prompts from .txt (one per line), .jsonl ({"prompt": text or messages} / {"text"} / {"messages"})
