@@ -262,7 +262,7 @@ def score(model: Optional[Path] = typer.Option(None, help="Reward model folder (
     and, beside it, the labelers' own agreement with gold on every pair they labelled."""
     import json
 
-    from tether.eval.scoring import gold_agreement, score_rows, stored_responses
+    from tether.eval.scoring import gold_agreement, labelers_vs_gold, score_rows, stored_responses
     from tether.reward import load_reward_model
     from tether.workspace import open_workspace
 
@@ -308,21 +308,6 @@ def score(model: Optional[Path] = typer.Option(None, help="Reward model folder (
     if out:
         out.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "messages"}) + "\n" for r in rows))
         console.print(Text(f"scores written to {out}"))
-
-
-def labelers_vs_gold(store, rounds) -> dict | None:
-    """The labelers' agreement with the gold scorer on every pair they labelled (None: no feedback)."""
-    from tether.eval.scoring import labeler_gold_agreement, stored_responses
-    from tether.feedback.collect import collect_pairs
-    from tether.feedback.gold import gold_score
-
-    collected = collect_pairs(store, rounds)
-    if not collected.pairs:
-        return None
-    ids = {p.chosen for p in collected.pairs} | {p.rejected for p in collected.pairs}
-    gold = {r["response_id"]: gold_score(r["prompt"], r["response"], r["finished"])
-            for r in stored_responses(store, None, source=None) if r["response_id"] in ids}
-    return labeler_gold_agreement(collected.pairs, gold)
 
 
 @app.command()

@@ -21,8 +21,9 @@ from tether.data.store import Store
 
 
 def stored_responses(store: Store, rounds: list[int] | None = None, source: str | None = "sample",
-                     limit: int | None = None, split: str | None = None) -> list[dict]:
-    """Stored responses with their prompts, oldest first; `split`: only prompts of that split."""
+                     limit: int | None = None, split: str | None = None, ids=None) -> list[dict]:
+    """Stored responses with their prompts, oldest first; `split`: only prompts of that split; `ids`:
+    only these response ids."""
     with store.session() as s:
         q = select(S.Response.id, S.Response.prompt_id, S.Prompt.text, S.Prompt.messages, S.Response.text,
                    S.Response.finished, S.Response.round, S.Response.policy).join(S.Prompt).order_by(S.Response.id)
@@ -32,6 +33,8 @@ def stored_responses(store: Store, rounds: list[int] | None = None, source: str 
             q = q.where(S.Response.source == source)
         if split is not None:
             q = q.where(S.Prompt.split == split)
+        if ids is not None:
+            q = q.where(S.Response.id.in_(ids))
         if limit is not None:
             q = q.limit(limit)
         return [dict(response_id=i, prompt_id=p, prompt=pt, messages=m, response=t, finished=f, round=r, policy=pol)
@@ -104,3 +107,18 @@ def labeler_gold_agreement(pairs, gold: dict[int, float]) -> dict:
             w_right += p.weight
     return {"pairs": int(total), "accuracy": right / total if total else float("nan"),
             "weighted": w_right / w_total if w_total else float("nan")}
+
+
+def labelers_vs_gold(store: Store, rounds: list[int] | None = None) -> dict | None:
+    """`labeler_gold_agreement` over every pair stored as feedback in `rounds` (all if None), with the
+    gold scorer's scores of the responses involved; None when there is no feedback."""
+    from tether.feedback.collect import collect_pairs
+    from tether.feedback.gold import gold_score
+
+    collected = collect_pairs(store, rounds)
+    if not collected.pairs:
+        return None
+    ids = {p.chosen for p in collected.pairs} | {p.rejected for p in collected.pairs}
+    gold = {r["response_id"]: gold_score(r["prompt"], r["response"], r["finished"])
+            for r in stored_responses(store, None, source=None, ids=ids)}
+    return labeler_gold_agreement(collected.pairs, gold)
