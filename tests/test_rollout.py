@@ -40,3 +40,30 @@ def test_states_refuse_nucleus_sampling(word_model_dir):
     tok = AutoTokenizer.from_pretrained(word_model_dir)
     with pytest.raises(ValueError, match="top_p = 1"):
         next(generate(model, tok, [(0, [3])], top_p=0.9, with_states=True))
+
+
+def test_sampler_draws_from_the_tempered_softmax():
+    from tether.rollout import Sampler
+
+    logits = torch.tensor([[2.0, 1.0, 0.0, float("-inf"), -1.0]])  # (1, V): token 3 has probability 0
+    gen = torch.Generator().manual_seed(0)
+    sampler = Sampler(gen, temperature=0.5, top_p=1.0)
+    n = 20000
+    draws = torch.stack([sampler(None, logits).argmax(-1) for _ in range(n)]).flatten()  # greedy picks the draw
+    freq = torch.bincount(draws, minlength=5).double() / n
+    want = (logits / 0.5).softmax(-1).double()[0]  # e^4, e^2, e^0, 0, e^-2 over their sum: .867, .117, .016, 0, .002
+    assert freq[3] == 0
+    assert torch.allclose(freq, want, atol=0.01), (freq, want)
+
+
+def test_sampler_respects_top_p_and_per_row_streams():
+    from tether.rollout import Sampler
+
+    logits = torch.tensor([[3.0, 2.9, -5.0, -5.0]]).repeat(2, 1)  # (2, V): the top two hold > 99.9 %
+    picks = set()
+    for s in range(300):
+        out = Sampler([torch.Generator().manual_seed(s), torch.Generator().manual_seed(s)], 1.0, top_p=0.9)(None, logits)
+        assert out.argmax(-1)[0] == out.argmax(-1)[1]  # same seed, same draw, whatever the row
+        assert torch.isinf(out).sum() == 2 * 3  # exactly one finite score per row
+        picks.add(int(out.argmax(-1)[0]))
+    assert picks == {0, 1}  # top-p 0.9 keeps both leading tokens and nothing else

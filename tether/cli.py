@@ -14,8 +14,8 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from tether.commands.common import (WorkspaceOpt, console, counts_text, latest_model, launched, parse_rounds,
-                                    quiet_transformers, shared_run_dir, user_errors)
+from tether.commands.common import (DtypeOpt, WorkspaceOpt, console, counts_text, latest_model, launched, parse_rounds,
+                                    quiet_transformers, resolve_dtype, shared_run_dir, user_errors)
 from tether.errors import TetherError
 
 app = typer.Typer(help="tether: RLHF end to end, from human feedback to a better policy.",
@@ -191,7 +191,7 @@ def rm(model: Optional[str] = typer.Option(None, help="Start from this model (de
                                                "rated response's normalised 1-5 rating, with this weight (with no "
                                                "pairs at all, ratings are regressed alone)."),
        rounds: Optional[str] = typer.Option(None, help="Comma-separated rounds of feedback (default: all)."),
-       dtype: str = typer.Option("float32", help="float32 or bfloat16 (autocast)."),
+       dtype: str = DtypeOpt,
        resume: bool = typer.Option(False, help="Continue the latest rm run from its checkpoint."),
        workspace: Path = WorkspaceOpt):
     """Train a reward model on all stored feedback (every kind, as weighted pairs)."""
@@ -221,7 +221,7 @@ def rm(model: Optional[str] = typer.Option(None, help="Start from this model (de
     out = shared_run_dir(ws, "rm", resume)  # under `accelerate launch`: one folder, picked by the main process
     main = launched()[0] == 0
     cfg = recipe.RMConfig(model=model or ws.config.policy, num_heads=heads, epochs=epochs, batch_size=batch_size,
-                          lr=lr, max_length=max_length, dtype=dtype, threads=ws.config.threads or os.cpu_count(),
+                          lr=lr, max_length=max_length, dtype=resolve_dtype(dtype), threads=ws.config.threads or os.cpu_count(),
                           lora=LoraSettings(r=lora_r, alpha=2 * lora_r) if lora_r else None, train_layers=train_layers,
                           regression_weight=regression_weight or 1.0, out_dir=str(out))
     run_id = store.start_run("rm", ws.config.round, {k: str(v) for k, v in vars(cfg).items()}, str(out)) if main else None

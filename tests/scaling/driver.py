@@ -24,8 +24,11 @@ COLOURS = ["blue", "red", "green", "yellow", "black", "white", "brown", "pink"]
 
 
 def says_blue(prompts, responses, finished):
-    """1 for a response that says 'blue', else 0 (deterministic: the same for any process count)."""
-    return [float("blue" in r.split()) for r in responses]
+    """1 for a response that says 'blue', plus 0.1 per word (deterministic: the same for any process count).
+    The length term keeps every batch's rewards spread, so no update's gradient is rounding noise (a batch
+    with no 'blue' at all would give advantages of 0 and a gradient norm of ~1e-5 that one and two
+    processes round differently)."""
+    return [float("blue" in r.split()) + 0.1 * len(r.split()) for r in responses]
 
 
 def hanging(out: str):

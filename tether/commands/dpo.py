@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.text import Text
 
-from tether.commands.common import (WorkspaceOpt, console, launched, parse_rounds, quiet_transformers, shared_run_dir,
+from tether.commands.common import (DtypeOpt, WorkspaceOpt, console, launched, parse_rounds, quiet_transformers, resolve_dtype, shared_run_dir,
                                     user_errors)
 from tether.errors import TetherError
 
@@ -32,7 +32,7 @@ def dpo(data: Optional[Path] = typer.Option(None, "--data", help="Train on this 
         labelers: str = typer.Option("downweight", help="Flagged labelers: downweight, exclude or keep."),
         judge_weight: float = typer.Option(1.0, "--judge-weight", help="Weight of AI-judge labels (0: leave out)."),
         rounds: Optional[str] = typer.Option(None, help="Comma-separated rounds of feedback (default: all)."),
-        dtype: str = typer.Option("float32", help="float32 or bfloat16 (autocast)."),
+        dtype: str = DtypeOpt,
         resume: bool = typer.Option(False, help="Continue the latest dpo run from its checkpoint."),
         workspace: Path = WorkspaceOpt):
     """Train the policy with DPO on all stored feedback (every kind, as weighted pairs) or on --data."""
@@ -48,7 +48,7 @@ def dpo(data: Optional[Path] = typer.Option(None, "--data", help="Train on this 
     ws = open_workspace(workspace)
     store = ws.store()
     cfg = recipe.DPOConfig(model=model or ws.config.policy, loss=loss, beta=beta, label_smoothing=label_smoothing,
-                           epochs=epochs, batch_size=batch_size, lr=lr, max_length=max_length, dtype=dtype,
+                           epochs=epochs, batch_size=batch_size, lr=lr, max_length=max_length, dtype=resolve_dtype(dtype),
                            threads=ws.config.threads or os.cpu_count(),
                            lora=LoraSettings(r=lora_r, alpha=2 * lora_r) if lora_r else None)
     recipe.check_config(cfg)  # a bad --loss or --beta fails before any data or model is read

@@ -17,7 +17,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from tether.commands.common import WorkspaceOpt, console, quiet_transformers, stage_runs, user_errors
+from tether.commands.common import DtypeOpt, WorkspaceOpt, console, quiet_transformers, resolve_dtype, stage_runs, user_errors
 from tether.errors import TetherError
 
 
@@ -52,6 +52,7 @@ def loop(rounds: int = typer.Option(2, help="Rounds of sample -> feedback -> rew
          lora_r: Optional[int] = typer.Option(None, "--lora-r", help="LoRA adapters of this rank (RM and policy)."),
          max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
          eval_samples: int = typer.Option(2, "--eval-samples", help="Answers per held-out prompt and side."),
+         dtype: str = DtypeOpt,
          seed: int = typer.Option(0),
          resume: bool = typer.Option(False, help="Continue the newest loop where it stopped (same options)."),
          workspace: Path = WorkspaceOpt):
@@ -68,7 +69,8 @@ def loop(rounds: int = typer.Option(2, help="Rounds of sample -> feedback -> rew
                             items=items, overlap=overlap,
                             rm_train_layers=rm_train_layers or None, rm_heads=rm_heads, updates=updates,
                             batch_size=batch_size, kl_coef=kl_coef, lr=lr, lora_r=lora_r,
-                            max_new_tokens=max_new_tokens, eval_samples=eval_samples, seed=seed)
+                            max_new_tokens=max_new_tokens, eval_samples=eval_samples, dtype=resolve_dtype(dtype),
+                            seed=seed)
     recipe.check(cfg)
     ws = open_workspace(workspace)
     res = recipe.run(ws, cfg, resume=resume, say=lambda line: console.rule(line) if not line.startswith(" ")
@@ -104,6 +106,7 @@ def demo(directory: Path = typer.Option(Path("demo-workspace"), "--dir", help="W
          model: Optional[str] = typer.Option(None, help="Start from this model instead of the bundled one "
                                              "(a hub id or a local HF folder)."),
          fresh: bool = typer.Option(False, help="Delete the demo workspace first (else a killed demo resumes)."),
+         dtype: str = DtypeOpt,
          seed: int = typer.Option(0)):
     """The whole of RLHF on the bundled model, on a laptop CPU: SFT on the bundled demonstrations, then
     rounds of sampling, feedback from simulated labelers, reward model, policy optimisation and held-out
@@ -116,7 +119,8 @@ def demo(directory: Path = typer.Option(Path("demo-workspace"), "--dir", help="W
 
     quiet_transformers()
     cfg = recipe.LoopConfig(rounds=rounds, algorithm=algorithm, updates=updates, prompts_per_round=prompts,
-                            items=3 * prompts, max_new_tokens=max_new_tokens, seed=seed)  # 3 labeling items per prompt
+                            items=3 * prompts, max_new_tokens=max_new_tokens, dtype=resolve_dtype(dtype),
+                            seed=seed)  # 3 labeling items per prompt
     recipe.check(cfg)
     started = time.perf_counter()
     if fresh and directory.exists():
@@ -144,6 +148,7 @@ def demo(directory: Path = typer.Option(Path("demo-workspace"), "--dir", help="W
         resume = bool(sft_runs) and (sft_runs[-1] / "checkpoint" / "tether_state.json").is_file()
         train, held = stored_demonstrations(store)
         scfg = sft.SFTConfig(model=ws.config.policy, epochs=sft_epochs, threads=ws.config.threads or os.cpu_count(),
+                             dtype=cfg.dtype,
                              seed=seed, out_dir=str(sft_runs[-1] if resume else ws.new_run_dir("sft")))
         res = sft.train(scfg, train, held or None, resume=resume)
         ws.config.policy = str(res.model_dir.resolve())

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.text import Text
 
-from tether.commands.common import (WorkspaceOpt, console, launched, quiet_transformers, reward_source,
+from tether.commands.common import (DtypeOpt, WorkspaceOpt, console, launched, quiet_transformers, resolve_dtype, reward_source,
                                     shared_run_dir, tracked, training_prompts, user_errors)
 
 # Options both commands take (one definition, shared like WorkspaceOpt).
@@ -48,8 +48,8 @@ def rloo(reward_model: Optional[Path] = RewardModelOpt, reward_fn: Optional[str]
          lr: Optional[float] = LrOpt, lora_r: Optional[int] = LoraOpt, max_new_tokens: int = MaxNewOpt,
          temperature: float = TemperatureOpt, no_eos_penalty: float = NoEosOpt, gold: bool = GoldOpt,
          split: str = SplitOpt, eval_split: str = EvalSplitOpt, eval_every: Optional[int] = EvalEveryOpt,
-         checkpoint_every: int = CheckpointOpt, seed: int = SeedOpt, resume: bool = ResumeOpt,
-         workspace: Path = WorkspaceOpt):
+         checkpoint_every: int = CheckpointOpt, dtype: str = DtypeOpt, seed: int = SeedOpt,
+         resume: bool = ResumeOpt, workspace: Path = WorkspaceOpt):
     """Optimise the policy with RLOO (REINFORCE Leave-One-Out, Ahmadian et al. 2024): each response's
     baseline is the mean reward of the other --k responses to its prompt; no value model.
 
@@ -65,8 +65,8 @@ def grpo(reward_model: Optional[Path] = RewardModelOpt, reward_fn: Optional[str]
          lr: Optional[float] = LrOpt, lora_r: Optional[int] = LoraOpt, max_new_tokens: int = MaxNewOpt,
          temperature: float = TemperatureOpt, no_eos_penalty: float = NoEosOpt, gold: bool = GoldOpt,
          split: str = SplitOpt, eval_split: str = EvalSplitOpt, eval_every: Optional[int] = EvalEveryOpt,
-         checkpoint_every: int = CheckpointOpt, seed: int = SeedOpt, resume: bool = ResumeOpt,
-         workspace: Path = WorkspaceOpt):
+         checkpoint_every: int = CheckpointOpt, dtype: str = DtypeOpt, seed: int = SeedOpt,
+         resume: bool = ResumeOpt, workspace: Path = WorkspaceOpt):
     """Optimise the policy with GRPO (Shao et al. 2024): each response's advantage is its reward
     standardised within the --k responses to its prompt; no value model.
 
@@ -78,8 +78,8 @@ def grpo(reward_model: Optional[Path] = RewardModelOpt, reward_fn: Optional[str]
 def run(estimator: str, *, reward_model: Optional[Path], reward_fn: Optional[str], policy: Optional[str],
         updates: int, prompts_per_update: int, k: int, beta: float, kl_in: Optional[str], ppo_epochs: int,
         lr: Optional[float], lora_r: Optional[int], max_new_tokens: int, temperature: float, no_eos_penalty: float,
-        gold: bool, split: str, eval_split: str, eval_every: Optional[int], checkpoint_every: int, seed: int,
-        resume: bool, workspace: Path) -> None:
+        gold: bool, split: str, eval_split: str, eval_every: Optional[int], checkpoint_every: int, dtype: str,
+        seed: int, resume: bool, workspace: Path) -> None:
     """What `tether rloo` and `tether grpo` share: find the reward and prompts, train, report."""
     from tether.feedback.gold import gold_score
     from tether.models import LoraSettings
@@ -91,7 +91,8 @@ def run(estimator: str, *, reward_model: Optional[Path], reward_fn: Optional[str
                               lr=lr, updates=updates, prompts_per_update=prompts_per_update, k=k, beta=beta,
                               kl_in=kl_in, ppo_epochs=ppo_epochs, max_new_tokens=max_new_tokens,
                               temperature=temperature, no_eos_penalty=no_eos_penalty, seed=seed,
-                              eval_every=eval_every, checkpoint_every=checkpoint_every or None)
+                              eval_every=eval_every, checkpoint_every=checkpoint_every or None,
+                              dtype=resolve_dtype(dtype))
     recipe.check(cfg)  # a bad --k or --kl-in fails before any model or data is read
     ws = open_workspace(workspace)
     store = ws.store()

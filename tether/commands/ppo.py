@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.text import Text
 
-from tether.commands.common import (WorkspaceOpt, console, launched, quiet_transformers, reward_source,
+from tether.commands.common import (DtypeOpt, WorkspaceOpt, console, launched, quiet_transformers, resolve_dtype, reward_source,
                                     shared_run_dir, tracked, training_prompts, user_errors)
 
 
@@ -39,7 +39,7 @@ def ppo(reward_model: Optional[Path] = typer.Option(None, "--reward-model",
         eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Updates between evaluations."),
         checkpoint_every: int = typer.Option(5, "--checkpoint-every", help="Updates between checkpoints (0: none)."),
         seed: int = typer.Option(0),
-        dtype: str = typer.Option("float32", help="float32 or bfloat16 (autocast; use bfloat16 on GPUs)."),
+        dtype: str = DtypeOpt,
         rollout_backend: str = typer.Option("hf", "--rollout-backend", help="hf (transformers) or vllm (needs "
                                             "CUDA and vllm; its log-prob mismatch is corrected by truncated "
                                             "importance sampling)."),
@@ -68,7 +68,7 @@ def ppo(reward_model: Optional[Path] = typer.Option(None, "--reward-model",
                            batch_size=batch_size, mini_batch_size=mini_batch_size, ppo_epochs=ppo_epochs,
                            max_new_tokens=max_new_tokens, temperature=temperature, kl_coef=kl_coef,
                            kl_target=kl_target, no_eos_penalty=no_eos_penalty, seed=seed, eval_every=eval_every,
-                           checkpoint_every=checkpoint_every or None, out_dir=str(out), dtype=dtype,
+                           checkpoint_every=checkpoint_every or None, out_dir=str(out), dtype=resolve_dtype(dtype),
                            rollout_backend=rollout_backend, threads=threads or ws.config.threads or os.cpu_count())
     params = {k: str(v) for k, v in vars(cfg).items()} | {"reward_fn": reward_fn}
     res = tracked(store, "ppo", ws.config.round, params, out, main=main, fn=lambda: recipe.train(

@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 from rich.text import Text
 
-from tether.commands.common import (WorkspaceOpt, console, launched, quiet_transformers, shared_run_dir, stage_runs,
+from tether.commands.common import (DtypeOpt, WorkspaceOpt, console, launched, quiet_transformers, resolve_dtype, shared_run_dir, stage_runs,
                                     user_errors)
 from tether.errors import TetherError
 
@@ -66,7 +66,7 @@ def sft(model: Optional[str] = typer.Option(None, help="Start from this model (d
         lr: Optional[float] = typer.Option(None, help="Default 2e-5 (full) or 2e-4 (LoRA)."),
         max_length: int = typer.Option(512, "--max-length", help="Tokens per demonstration (prompt + answer)."),
         max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Train exactly this many steps."),
-        dtype: str = typer.Option("float32", help="float32 or bfloat16 (autocast; fast only on CPUs with AMX)."),
+        dtype: str = DtypeOpt,
         set_policy: bool = typer.Option(True, "--set-policy/--no-set-policy",
                                         help="Make the trained model the workspace policy (tether.yaml)."),
         resume: bool = typer.Option(False, help="Continue the latest sft run from its checkpoint."),
@@ -94,7 +94,7 @@ def sft(model: Optional[str] = typer.Option(None, help="Start from this model (d
                        + ("" if held else " (a fraction of the training ones will be held out instead)")
                        + f"; starting from {start}"))
     cfg = recipe.SFTConfig(model=start, epochs=epochs, batch_size=batch_size, lr=lr, max_length=max_length,
-                           max_steps=max_steps, dtype=dtype, threads=ws.config.threads or os.cpu_count(),
+                           max_steps=max_steps, dtype=resolve_dtype(dtype), threads=ws.config.threads or os.cpu_count(),
                            lora=LoraSettings(r=lora_r, alpha=2 * lora_r) if lora_r else None)
     recipe.check_config(cfg)  # before a run folder is made
     runs = stage_runs(ws.root, "sft")

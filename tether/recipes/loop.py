@@ -80,6 +80,7 @@ class LoopConfig:
     eval_samples: int = 2  # answers per held-out prompt and side
     split: str = "train"
     eval_split: str = "eval"
+    dtype: str = "float32"  # training precision of every stage: float32 or bfloat16 (autocast)
     seed: int = 0
 
 
@@ -101,6 +102,8 @@ def check(cfg: LoopConfig) -> None:
         raise TetherError(f"loop: prompts_per_round must be at least 1, got {cfg.prompts_per_round}")
     if cfg.feedback == "web" and cfg.web_kind not in ("rank", "pairwise", "rating", "thumbs", "flaws"):
         raise TetherError(f"loop: web_kind must be rank, pairwise, rating, thumbs or flaws, got {cfg.web_kind!r}")
+    if cfg.dtype not in ("float32", "bfloat16"):
+        raise TetherError(f"loop: dtype must be float32 or bfloat16, got {cfg.dtype!r}")
     if cfg.k < 2:
         raise TetherError(f"loop: k must be at least 2 (feedback compares answers to one prompt), got {cfg.k}")
     if cfg.algorithm == "ppo" and cfg.batch_size % (cfg.mini_batch_size or min(8, cfg.batch_size)):
@@ -299,7 +302,7 @@ def _rm(ws, cfg: LoopConfig, state, rnd, again, say, save) -> dict:
     rcfg = rm.RMConfig(model=state["sft"], num_heads=cfg.rm_heads, epochs=cfg.rm_epochs, batch_size=cfg.rm_batch_size,
                        train_layers=layers, seed=cfg.seed, out_dir=str(out),
                        lora=LoraSettings(r=cfg.lora_r, alpha=2 * cfg.lora_r) if cfg.lora_r else None,
-                       threads=ws.config.threads or os.cpu_count())
+                       threads=ws.config.threads or os.cpu_count(), dtype=cfg.dtype)
     res = _track(store, "rm", rnd["round"], rcfg, out, lambda: rm.train(
         rcfg, preference_examples(store, collected), normalise_on=policy_samples(store, [rnd["round"]]),
         resume=again))
@@ -325,7 +328,7 @@ def _policy(ws, cfg: LoopConfig, state, rnd, again, say, save) -> dict:
         pcfg = ppo.PPOConfig(policy=start, reward_model=rm_dir, lora=lora, lr=cfg.lr, updates=cfg.updates,
                              batch_size=cfg.batch_size, mini_batch_size=cfg.mini_batch_size or min(8, cfg.batch_size), ppo_epochs=cfg.ppo_epochs,
                              max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, kl_coef=cfg.kl_coef,
-                             seed=cfg.seed + rnd["round"], out_dir=str(out), threads=threads)
+                             seed=cfg.seed + rnd["round"], out_dir=str(out), threads=threads, dtype=cfg.dtype)
         res = _track(store, "ppo", rnd["round"], pcfg, out, lambda: ppo.train(
             pcfg, store.prompts(cfg.split), gold_fn=gold_score, resume=again))
     elif cfg.algorithm in ("rloo", "grpo"):
@@ -335,7 +338,7 @@ def _policy(ws, cfg: LoopConfig, state, rnd, again, say, save) -> dict:
                                    updates=cfg.updates, prompts_per_update=max(1, cfg.batch_size // cfg.k), k=cfg.k,
                                    ppo_epochs=cfg.ppo_epochs, max_new_tokens=cfg.max_new_tokens,
                                    temperature=cfg.temperature, beta=cfg.kl_coef, seed=cfg.seed + rnd["round"],
-                                   out_dir=str(out), threads=threads)
+                                   out_dir=str(out), threads=threads, dtype=cfg.dtype)
         res = _track(store, cfg.algorithm, rnd["round"], pcfg, out, lambda: online.train(
             pcfg, store.prompts(cfg.split), gold_fn=gold_score, resume=again))
     else:
@@ -343,7 +346,7 @@ def _policy(ws, cfg: LoopConfig, state, rnd, again, say, save) -> dict:
         from tether.recipes import dpo
 
         pcfg = dpo.DPOConfig(model=start, beta=cfg.dpo_beta, lora=lora, lr=cfg.lr, seed=cfg.seed + rnd["round"],
-                             out_dir=str(out), threads=threads)
+                             out_dir=str(out), threads=threads, dtype=cfg.dtype)
         pairs = preference_examples(store, collect_pairs(store, None, judge_weight=cfg.judge_weight))
         res = _track(store, "dpo", rnd["round"], pcfg, out, lambda: dpo.train(pcfg, pairs, resume=again))
     last = res.metrics.get("last", {})
