@@ -140,8 +140,8 @@ def word_model_dir(tmp_path_factory):
 
 @pytest.fixture
 def decode_precision(monkeypatch):
-    """Records, for each call of `tether.rollout.generate` (as RL recipes call it), whether CPU bf16
-    autocast was on: the precision the rollout decoded in."""
+    """Records, for each call of `tether.rollout.generate` (as RL recipes call it), whether it decoded
+    in bf16: under CPU bf16 autocast, or with bf16 weights (`rollout.SamplingCopy`)."""
     import torch
 
     from tether import rollout
@@ -150,7 +150,8 @@ def decode_precision(monkeypatch):
     real = rollout.generate
 
     def spy(*a, **kw):
-        seen.append(torch.is_autocast_enabled("cpu"))
+        model = a[0] if a else kw["model"]
+        seen.append(torch.is_autocast_enabled("cpu") or next(model.parameters()).dtype == torch.bfloat16)
         yield from real(*a, **kw)
 
     monkeypatch.setattr(rollout, "generate", spy)

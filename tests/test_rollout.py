@@ -67,3 +67,36 @@ def test_sampler_respects_top_p_and_per_row_streams():
         assert torch.isinf(out).sum() == 2 * 3  # exactly one finite score per row
         picks.add(int(out.argmax(-1)[0]))
     assert picks == {0, 1}  # top-p 0.9 keeps both leading tokens and nothing else
+
+
+def test_sampling_copy_follows_the_trained_weights(word_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from tether.models import LoraSettings, add_lora
+    from tether.rollout import SamplingCopy
+
+    model = AutoModelForCausalLM.from_pretrained(word_model_dir)
+    sc = SamplingCopy()
+    copy = sc.sync(model)
+    assert copy is not model and all(p.dtype == torch.bfloat16 for p in copy.parameters())
+    assert copy.get_input_embeddings().weight is copy.get_output_embeddings().weight  # still tied
+    assert all(b.dtype == torch.float32 for b in copy.buffers() if b.is_floating_point())  # rotary stays fp32
+    with torch.no_grad():
+        model.get_input_embeddings().weight.add_(1.0)  # a "training step"
+    assert sc.sync(model) is copy  # refreshed in place
+    torch.testing.assert_close(copy.get_input_embeddings().weight.float(), model.get_input_embeddings().weight,
+                               atol=0.02, rtol=0.01)  # bf16 rounding
+    peft = add_lora(AutoModelForCausalLM.from_pretrained(word_model_dir), LoraSettings(r=2, alpha=4))
+    with torch.no_grad():
+        for n, p in peft.named_parameters():
+            if "lora_B" in n:
+                p.fill_(0.1)  # adapters that change the output
+    merged = SamplingCopy().sync(peft)
+    assert not hasattr(merged, "peft_config") and all(p.dtype == torch.bfloat16 for p in merged.parameters())
+    x = torch.tensor([[2, 3, 4]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(x).logits.float(), peft(x).logits, atol=0.05, rtol=0.05)
+        with peft.disable_adapter():
+            base = peft(x).logits
+        assert not torch.allclose(merged(x).logits.float(), base, atol=0.05)  # the adapters are merged in
+    assert any("lora_" in n for n, _ in peft.named_parameters())  # the trained model keeps its adapters

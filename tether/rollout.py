@@ -9,6 +9,7 @@ exactly what was generated: nothing marks it as finished (a reward model must be
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -62,6 +63,37 @@ class Sampler(LogitsProcessor):
         # right side: the first v with cdf_v > u * total, so a token of probability 0 is never drawn
         token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_max(scores.shape[1] - 1)  # (B, 1)
         return torch.full_like(scores, float("-inf")).scatter_(1, token, 0.0)
+
+
+class SamplingCopy:
+    """A bfloat16 copy of the policy that only samples, for RL recipes that train under CPU bf16 autocast.
+
+    Decoding under autocast recasts every float32 weight to bf16 at every step: measured on the bundled
+    model (AMX Xeon, 2 threads), 265 ms a step for 16 sequences, most of a PPO update. With bf16
+    weights the casts are gone. `sync` refreshes the copy from the trained weights before each rollout
+    (one cast copy of the parameters, ~0.1 s for 135M); with LoRA the copy is the merged model, rebuilt
+    each time. Only parameters are cast: buffers such as rotary frequencies stay float32. The samples
+    come from the same bf16-rounded policy that autocast training computes with.
+    """
+
+    def __init__(self, dtype: torch.dtype = torch.bfloat16):
+        self.dtype, self.model = dtype, None
+
+    @torch.no_grad()
+    def sync(self, model):
+        """The copy, with `model`'s current weights."""
+        lora = hasattr(model, "merge_and_unload")
+        if self.model is None or lora:
+            self.model = None  # free the old copy first
+            clone = copy.deepcopy(model)
+            clone = clone.merge_and_unload() if lora else clone
+            for p in clone.parameters():  # tied weights are one Parameter: cast once, stay tied
+                p.data = p.data.to(self.dtype)
+            self.model = clone.eval().requires_grad_(False)
+        else:
+            for dst, src in zip(self.model.parameters(), model.parameters()):
+                dst.copy_(src)
+        return self.model
 
 
 def eos_ids(model, tokenizer) -> set[int]:

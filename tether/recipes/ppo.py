@@ -33,6 +33,7 @@ composition (not their distribution) depends on the process count.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -208,6 +209,8 @@ def train(cfg: PPOConfig, prompts: list[Prompt], reward_fn: RewardFn | None = No
     eval_prompts = [p for p in eval_prompts or [] if len(models.encode_prompt(tok, p)) <= cfg.max_prompt_length]
 
     policy = PolicyWithValue(model)
+    # bf16 on CPU: sample from a bf16 copy (autocast would recast every weight at every decoding step)
+    sampling_copy = rollout.SamplingCopy() if cfg.dtype == "bfloat16" and device.type == "cpu" else None
     lr = cfg.lr or (1e-4 if cfg.lora else 1e-5)
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=lr, eps=1e-5)
     scheduler = get_linear_schedule_with_warmup(optimizer, 0, cfg.updates if cfg.anneal_lr else 10**12)
@@ -259,9 +262,10 @@ def train(cfg: PPOConfig, prompts: list[Prompt], reward_fn: RewardFn | None = No
             gens = engine.generate(list(enumerate(ids)), temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                                    seeds=seeds or [seed + j for j in range(len(ids))],
                                    stop_ids=rollout.eos_ids(inner.model, tok))
-        else:  # under bf16 autocast the decoding runs in bf16 too (the policy that training will see)
-            with accelerator.autocast():
-                gens = next(rollout.generate(inner.model, tok, list(enumerate(ids)), temperature=cfg.temperature,
+        else:  # under bf16 the decoding runs in bf16 too (the policy that training will see)
+            sampler = sampling_copy.sync(inner.model) if sampling_copy else inner.model
+            with accelerator.autocast() if not sampling_copy else contextlib.nullcontext():
+                gens = next(rollout.generate(sampler, tok, list(enumerate(ids)), temperature=cfg.temperature,
                                              max_new_tokens=cfg.max_new_tokens, batch_size=len(ids), seed=seed,
                                              with_states=reuse, seeds=seeds))
         order = [g.key for g in gens]  # generation sorts by prompt length
