@@ -115,12 +115,15 @@ def load_tokenizer(name: str = BUNDLED):
     return tok
 
 
-def load_model(name: str = BUNDLED, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
-    """A causal LM in eval mode (dropout off; training code switches it on explicitly)."""
+def load_model(name: str = BUNDLED, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+               attn_implementation: str | None = None):
+    """A causal LM in eval mode (dropout off; training code switches it on explicitly).
+    `attn_implementation`: transformers' choice ("sdpa", "eager", ...); None: transformers' default."""
     from transformers import AutoModelForCausalLM
 
+    kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(resolve(name), dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(resolve(name), dtype=dtype, **kw)
     except (OSError, ValueError) as e:
         raise _load_failure(name, e) from None
     return model.to(device).eval()
@@ -147,10 +150,10 @@ def add_lora(model, settings: LoraSettings | None = None):
 
 
 def load_policy(name: str = BUNDLED, lora: LoraSettings | None = None, dtype: torch.dtype = torch.float32,
-                device: str | torch.device = "cpu"):
+                device: str | torch.device = "cpu", attn_implementation: str | None = None):
     """(model, tokenizer) for a policy; with `lora`, the model carries fresh adapters."""
     tok = load_tokenizer(name)
-    model = load_model(name, dtype=dtype, device=device)
+    model = load_model(name, dtype=dtype, device=device, attn_implementation=attn_implementation)
     if lora is not None:
         model = add_lora(model, lora)
     return model, tok

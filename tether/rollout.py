@@ -87,6 +87,7 @@ class SamplingCopy:
             self.model = None  # free the old copy first
             clone = copy.deepcopy(model)
             clone = clone.merge_and_unload() if lora else clone
+            clone.set_attn_implementation("sdpa")  # a policy trained with eager attention decodes faster with sdpa
             for p in clone.parameters():  # tied weights are one Parameter: cast once, stay tied
                 p.data = p.data.to(self.dtype)
             # HF hands the output layer a strided slice of the prefill (the last position); torch 2.13 runs a

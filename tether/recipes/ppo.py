@@ -191,7 +191,9 @@ def train(cfg: PPOConfig, prompts: list[Prompt], reward_fn: RewardFn | None = No
     out = Path(cfg.out_dir)
     ckpt = out / "checkpoint"
     set_seed(cfg.seed)
-    model, tok = models.load_policy(cfg.policy, lora=cfg.lora)
+    # eager attention on CPU: PyTorch's CPU flash-attention backward is slow at RL lengths (measured on the bundled
+    # model, 8 x 110 tokens: a training step 3.5 -> 2.5 s in bf16, 4.6 -> 4.0 s in fp32); decoding keeps sdpa
+    model, tok = models.load_policy(cfg.policy, lora=cfg.lora, attn_implementation="eager" if device.type == "cpu" else None)
     ref_model = None if cfg.lora else models.load_model(cfg.policy).to(device).requires_grad_(False)
     rm = rm_tok = None
     if cfg.reward_model is not None:
@@ -212,7 +214,8 @@ def train(cfg: PPOConfig, prompts: list[Prompt], reward_fn: RewardFn | None = No
     # bf16 on CPU: sample from a bf16 copy (autocast would recast every weight at every decoding step)
     sampling_copy = rollout.SamplingCopy() if cfg.dtype == "bfloat16" and device.type == "cpu" else None
     lr = cfg.lr or (1e-4 if cfg.lora else 1e-5)
-    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=lr, eps=1e-5)
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=lr, eps=1e-5,
+                                  fused=True)  # one kernel per step: measured 0.46 -> 0.12 s for 135M on CPU
     scheduler = get_linear_schedule_with_warmup(optimizer, 0, cfg.updates if cfg.anneal_lr else 10**12)
     policy, optimizer = accelerator.prepare(policy, optimizer)
     accelerator.register_for_checkpointing(scheduler)

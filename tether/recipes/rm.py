@@ -319,7 +319,7 @@ def train(cfg: RMConfig, pairs: list[PreferenceExample], eval_pairs: list[Prefer
     fingerprint = hashlib.sha256(json.dumps(inputs).encode()).hexdigest()
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, fused=True)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup * total_steps), total_steps)
     scorer, optimizer = accelerator.prepare(_Scorer(model), optimizer)
     accelerator.register_for_checkpointing(scheduler)
