@@ -118,3 +118,11 @@ def test_report_command(ws, tmp_path):
     assert (ws.root / "report.html").is_file() and "report.html" in r.output
     r = CliRunner().invoke(app, ["report", "-w", str(tmp_path / "nowhere")])
     assert r.exit_code == 1 and "Traceback" not in r.output
+
+
+def test_trend_is_the_mean_of_consecutive_updates():
+    from tether.eval.report import trend
+
+    pts = [(0.0, 1.0), (1.0, 3.0), (2.0, 5.0), (3.0, 7.0), (4.0, 100.0)]  # (sqrt KL, score) in update order
+    assert trend(pts, n=2) == ([0.5, 2.5], [2.0, 6.0])  # the unpaired last point is dropped
+    assert trend(pts[:1], n=2) == ([], [])

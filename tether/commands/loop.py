@@ -96,10 +96,12 @@ def _summary(res) -> None:
 
 @user_errors
 def demo(directory: Path = typer.Option(Path("demo-workspace"), "--dir", help="Workspace folder for the demo."),
-         prompts: int = typer.Option(32, help="Training prompts (of the bundled 112) sampled and labeled each round."),
+         prompts: int = typer.Option(48, help="Training prompts (of the bundled 112) sampled and labeled each round."),
          rounds: int = typer.Option(2, help="Loop rounds after SFT."),
          algorithm: str = typer.Option("ppo", help="Policy stage: ppo, rloo, grpo or dpo."),
-         updates: int = typer.Option(20, help="Policy updates per round."),
+         updates: int = typer.Option(24, help="Policy updates per round."),
+         lr: Optional[float] = typer.Option(None, help="Policy learning rate (default: 2e-5 for ppo, rloo and "
+                                            "grpo; the recipe's own for dpo)."),
          eval_prompts: int = typer.Option(40, "--eval-prompts", help="Held-out prompts (of the bundled 40)."),
          max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
          sft_epochs: int = typer.Option(2, "--sft-epochs", help="Passes over the bundled demonstrations."),
@@ -120,6 +122,7 @@ def demo(directory: Path = typer.Option(Path("demo-workspace"), "--dir", help="W
     quiet_transformers()
     cfg = recipe.LoopConfig(rounds=rounds, algorithm=algorithm, updates=updates, prompts_per_round=prompts,
                             items=3 * prompts, max_new_tokens=max_new_tokens, dtype=resolve_dtype(dtype),
+                            lr=lr if lr is not None else None if algorithm == "dpo" else 2e-5, rm_train_layers=8,
                             seed=seed)  # 3 labeling items per prompt
     recipe.check(cfg)
     started = time.perf_counter()

@@ -128,6 +128,15 @@ def runs_section(runs: dict[str, list[dict]]) -> str:
     return table + "".join(parts)
 
 
+TREND = 5  # updates per point of the over-optimisation trend line
+
+
+def trend(pts: list[tuple[float, float]], n: int = TREND) -> tuple[list[float], list[float]]:
+    """Means of consecutive runs of n points, in update order: (x means, y means); a last partial run is dropped."""
+    groups = [pts[i:i + n] for i in range(0, len(pts) - n + 1, n)]
+    return [sum(p[0] for p in g) / n for g in groups], [sum(p[1] for p in g) / n for g in groups]
+
+
 def overopt_section(runs: dict[str, list[dict]], evals: list[dict]) -> str:
     """Proxy reward and gold against sqrt(KL): one point per logged update or evaluation."""
     points = []  # (label, kind, sqrt_kl, reward, gold)
@@ -153,6 +162,8 @@ def overopt_section(runs: dict[str, list[dict]], evals: list[dict]) -> str:
                 pts = [(p[2], p[col]) for p in points if p[0] == label and p[1] == kind and p[col] is not None]
                 if pts:
                     ax.plot(*zip(*pts), marker, ls="", ms=7 if marker != "." else 5, label=f"{label} ({kind})")
+                if kind == "update" and len(pts) >= 2 * TREND:  # one batch is noisy: the trend is what matters
+                    ax.plot(*trend(pts), "-", lw=1.5, color=ax.lines[-1].get_color(), label=f"{label} (mean of {TREND})")
         ax.set_xlabel("sqrt(KL to reference), sqrt(nats)", fontsize=8)
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=.3)
