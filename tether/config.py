@@ -26,7 +26,8 @@ class SampleConfig(_Strict):
     temperature: float = Field(0.7, ge=0.0, description="0 means greedy decoding")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(96, ge=1)
-    batch_size: int = Field(16, ge=1, description="sequences generated together")
+    batch_size: int = Field(64, ge=1, description="sequences generated together (on 2 CPU cores the bundled model "
+                            "decoded 54 tokens/s at 16 and 94 at 64 in float32, 159 at 64 in bf16)")
     seed: int = 0
     split: str | None = Field("train", description="sample only prompts of this split; null for all")
 

@@ -28,13 +28,15 @@ from tether.errors import TetherError
 Prompt = str | list[dict]
 
 
-def load_reward_model(name_or_path: str, num_heads: int | None = None, dtype: torch.dtype = torch.float32):
+def load_reward_model(name_or_path: str, num_heads: int | None = None, dtype: torch.dtype = torch.float32,
+                      attn_implementation: str | None = None):
     """(model, tokenizer) for a reward model, in eval mode.
 
     `name_or_path`: 'bundled', a local HF folder or a hub id: a causal LM (a fresh head is added) or a
     reward model saved by :func:`save_reward_model` (its head and normalisation are kept).
     `num_heads`: ensemble size; None means the saved RM's count, or 1 for a fresh head. A fresh head
     is initialised N(0, 1/sqrt(d_model + 1)) (Huang et al. 2022; openai/lm-human-preferences).
+    `attn_implementation`: transformers' attention kernel ("sdpa", "eager"); None: its default.
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -53,7 +55,8 @@ def load_reward_model(name_or_path: str, num_heads: int | None = None, dtype: to
     report.setLevel(logging.ERROR)
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=heads, dtype=dtype, output_loading_info=True)
+            path, num_labels=heads, dtype=dtype, output_loading_info=True,
+            **({"attn_implementation": attn_implementation} if attn_implementation else {}))
     except (OSError, ValueError) as e:
         raise models._load_failure(name_or_path, e) from None
     finally:

@@ -99,7 +99,7 @@ def demo(directory: Path = typer.Option(Path("demo-workspace"), "--dir", help="W
          prompts: int = typer.Option(48, help="Training prompts (of the bundled 112) sampled and labeled each round."),
          rounds: int = typer.Option(2, help="Loop rounds after SFT."),
          algorithm: str = typer.Option("ppo", help="Policy stage: ppo, rloo, grpo or dpo."),
-         updates: int = typer.Option(24, help="Policy updates per round."),
+         updates: int = typer.Option(20, help="Policy updates per round."),
          lr: Optional[float] = typer.Option(None, help="Policy learning rate (default: 2e-5 for ppo, rloo and "
                                             "grpo; the recipe's own for dpo)."),
          eval_prompts: int = typer.Option(40, "--eval-prompts", help="Held-out prompts (of the bundled 40)."),

@@ -28,7 +28,7 @@ import torch
 from tether import models, reward
 from tether.models import prompt_text
 from tether.algos.losses import logprobs_from_logits
-from tether.rollout import Generation, generate, pack, response_logits
+from tether.rollout import Generation, SamplingCopy, generate, pack, response_logits
 
 Prompt = str | list[dict]
 
@@ -110,12 +110,13 @@ def sequence_kl(model, ref_model, tok, prompts: list[Prompt], gens: list[Generat
 def compare(policy: str, reference: str, prompts: list[Prompt], *, samples: int = 2, temperature: float = 0.7,
             max_new_tokens: int = 64, seed: int = 0, batch_size: int = 16, reward_model: str | None = None,
             gold_fn: Callable[[str, str, bool], float] | None = None, policy_model=None,
-            reference_cache: dict | None = None) -> dict:
+            reference_cache: dict | None = None, dtype: str = "float32") -> dict:
     """Sample both policies on `prompts` and report gold win rate, gold, reward, KL, length, EOS.
 
     `policy_model`: an already loaded policy to use instead of loading `policy` (the name is still
     reported). `reference_cache`: a dict kept by the caller across calls; the reference's answers are
-    sampled once per (reference, prompts, settings) and reused (same seeds give the same answers). Returns a dict: {"policy": {...}, "reference": {...}, "gold": win-rate dict, "reward":
+    sampled once per (reference, prompts, settings) and reused (same seeds give the same answers). `dtype`
+    "bfloat16": both sides sample with bf16 weights (`rollout.SamplingCopy`); KL is computed in float32. Returns a dict: {"policy": {...}, "reference": {...}, "gold": win-rate dict, "reward":
     win-rate dict (if a reward model), "answers": [...], "seconds"}."""
     t0 = time.perf_counter()
     if not prompts:
@@ -124,14 +125,15 @@ def compare(policy: str, reference: str, prompts: list[Prompt], *, samples: int 
     ref_model = models.load_model(reference)
     pol_model = policy_model if policy_model is not None else models.load_model(policy)
     kw = dict(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
-    key = json.dumps([reference, [prompt_text(p) for p in prompts], samples, kw], sort_keys=True)
+    key = json.dumps([reference, [prompt_text(p) for p in prompts], samples, kw, dtype], sort_keys=True)
+    sampler = (lambda m: SamplingCopy().sync(m)) if dtype == "bfloat16" else (lambda m: m)
     if reference_cache is not None and key in reference_cache:
         ref_answers = reference_cache[key]
     else:
-        ref_answers = sample_answers(ref_model, tok, prompts, samples, **kw)
+        ref_answers = sample_answers(sampler(ref_model), tok, prompts, samples, **kw)
         if reference_cache is not None:
             reference_cache[key] = ref_answers
-    sides = [Side(policy, sample_answers(pol_model, tok, prompts, samples, **kw)), Side(reference, ref_answers)]
+    sides = [Side(policy, sample_answers(sampler(pol_model), tok, prompts, samples, **kw)), Side(reference, ref_answers)]
     sides[0].kl = sequence_kl(pol_model, ref_model, tok, prompts, sides[0].generations, samples)
     items = [[(prompts[k // samples], g.text, g.finished) for k, g in enumerate(side.generations)] for side in sides]
     if gold_fn is not None:

@@ -197,7 +197,8 @@ def _sample(ws, cfg: LoopConfig, state, rnd, again, say, save) -> dict:
     scfg = with_overrides(ws.config.sample, dict(k=cfg.k, max_new_tokens=cfg.max_new_tokens,
                                                  temperature=cfg.temperature, split=cfg.split,
                                                  seed=cfg.seed + rnd["round"]))
-    res = sample.run(ws, scfg, policy=rnd["start_policy"], round=rnd["round"], prompt_ids=ids)  # tops up after a kill
+    res = sample.run(ws, scfg, policy=rnd["start_policy"], round=rnd["round"], prompt_ids=ids,  # tops up after a kill
+                     dtype=cfg.dtype)
     say(f"  {res.responses_added} answers stored ({res.finished_fraction:.0%} ended with EOS)")
     return {"responses_added": res.responses_added}
 
@@ -370,7 +371,8 @@ def _eval(ws, cfg: LoopConfig, state, rnd, again, say, save) -> dict:
     try:
         report = compare(policy, sft, store.prompts(cfg.eval_split), samples=cfg.eval_samples,
                          temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
-                         reward_model=rnd["rm"]["model"], gold_fn=gold_score, reference_cache=_REFERENCE_ANSWERS)
+                         reward_model=rnd["rm"]["model"], gold_fn=gold_score, reference_cache=_REFERENCE_ANSWERS,
+                         batch_size=64, dtype=cfg.dtype)
     except BaseException:
         store.finish_run(run_id, "failed")
         raise

@@ -273,7 +273,10 @@ def train(cfg: RMConfig, pairs: list[PreferenceExample], eval_pairs: list[Prefer
     out, heads = Path(cfg.out_dir), cfg.num_heads
     ckpt = out / "checkpoint"
     set_seed(cfg.seed)
-    model, tok = reward.load_reward_model(cfg.model, num_heads=heads)
+    # eager attention on CPU: PyTorch's CPU flash-attention backward is slow at these lengths (bundled model,
+    # 8 pairs of 110 tokens, top 8 layers, bf16: a step 2.04 -> 1.21 s)
+    model, tok = reward.load_reward_model(cfg.model, num_heads=heads,
+                                          attn_implementation="eager" if accelerator.device.type == "cpu" else None)
     lr = cfg.lr or (1e-4 if cfg.lora else 1e-5)
     if cfg.lora is not None and cfg.train_layers is not None:
         raise TetherError("rm: choose LoRA or train_layers, not both")

@@ -22,7 +22,7 @@ from tether import models
 from tether.config import SampleConfig
 from tether.data import schema as S
 from tether.errors import TetherError
-from tether.rollout import generate
+from tether.rollout import SamplingCopy, generate
 from tether.workspace import Workspace
 
 
@@ -48,9 +48,11 @@ def set_threads(threads: int | None) -> int:
 
 
 def run(ws: Workspace, cfg: SampleConfig, policy: str | None = None, round: int | None = None,
-        model=None, tokenizer=None, show_progress: bool = True, prompt_ids: list[int] | None = None) -> SampleResult:
+        model=None, tokenizer=None, show_progress: bool = True, prompt_ids: list[int] | None = None,
+        dtype: str = "float32") -> SampleResult:
     """Top each prompt of the split (or only those in `prompt_ids`) up to `cfg.k` responses from `policy`
-    in `round`; returns what was added."""
+    in `round`; returns what was added. `dtype` "bfloat16": decode with bf16 weights (`rollout.SamplingCopy`;
+    faster where bf16 matmuls are, e.g. CPUs with AMX)."""
     policy = policy or ws.config.policy
     round = ws.config.round if round is None else round
     threads = set_threads(ws.config.threads)
@@ -82,6 +84,8 @@ def run(ws: Workspace, cfg: SampleConfig, policy: str | None = None, round: int 
 
     if model is None or tokenizer is None:
         model, tokenizer = models.load_policy(policy)
+    if dtype == "bfloat16":
+        model = SamplingCopy().sync(model)
     checkpoint = str(Path(policy).resolve()) if Path(policy).is_dir() else None
     sampling = cfg.model_dump() | {"threads": threads}
     jobs = [(p.id, models.encode_prompt(tokenizer, p.messages if p.messages is not None else p.text))
