@@ -120,9 +120,9 @@ def test_report_command(ws, tmp_path):
     assert r.exit_code == 1 and "Traceback" not in r.output
 
 
-def test_trend_is_the_mean_of_consecutive_updates():
+def test_trend_is_binned_by_kl():
     from tether.eval.report import trend
 
-    pts = [(0.0, 1.0), (1.0, 3.0), (2.0, 5.0), (3.0, 7.0), (4.0, 100.0)]  # (sqrt KL, score) in update order
-    assert trend(pts, n=2) == ([0.5, 2.5], [2.0, 6.0])  # the unpaired last point is dropped
+    pts = [(2.0, 5.0), (0.0, 1.0), (4.0, 100.0), (1.0, 3.0), (3.0, 7.0)]  # (sqrt KL, score) in update order
+    assert trend(pts, n=2) == ([0.5, 2.5], [2.0, 6.0])  # sorted by KL; the largest, unpaired, is dropped
     assert trend(pts[:1], n=2) == ([], [])

@@ -132,7 +132,10 @@ TREND = 5  # updates per point of the over-optimisation trend line
 
 
 def trend(pts: list[tuple[float, float]], n: int = TREND) -> tuple[list[float], list[float]]:
-    """Means of consecutive runs of n points, in update order: (x means, y means); a last partial run is dropped."""
+    """Binned means along x: the points sorted by x (sqrt KL), then the means of each run of n of them,
+    (x means, y means); a last partial run is dropped. KL wanders from update to update, so binning by KL,
+    not by update, is what draws score as a function of distance from the reference (Gao et al. 2022)."""
+    pts = sorted(pts)
     groups = [pts[i:i + n] for i in range(0, len(pts) - n + 1, n)]
     return [sum(p[0] for p in g) / n for g in groups], [sum(p[1] for p in g) / n for g in groups]
 
@@ -163,7 +166,7 @@ def overopt_section(runs: dict[str, list[dict]], evals: list[dict]) -> str:
                 if pts:
                     ax.plot(*zip(*pts), marker, ls="", ms=7 if marker != "." else 5, label=f"{label} ({kind})")
                 if kind == "update" and len(pts) >= 2 * TREND:  # one batch is noisy: the trend is what matters
-                    ax.plot(*trend(pts), "-", lw=1.5, color=ax.lines[-1].get_color(), label=f"{label} (mean of {TREND})")
+                    ax.plot(*trend(pts), "-", lw=1.5, color=ax.lines[-1].get_color(), label=f"{label} (mean of {TREND}, by KL)")
         ax.set_xlabel("sqrt(KL to reference), sqrt(nats)", fontsize=8)
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=.3)
