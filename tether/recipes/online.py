@@ -61,7 +61,7 @@ from tether.errors import TetherError
 from tether.models import prompt_text
 from tether.recipes.common import (GoldFn, MetricsLog, Prompt, RewardFn, accelerate_broadcast, accumulating, all_sum,
                                    gather_cpu, grad_norm_value, load_checkpoint_state, make_accelerator, prompt_order,
-                                   save_checkpoint)
+                                   save_checkpoint, training_attention)
 from tether.recipes.ppo import trim
 from tether.rollout import pack, response_logits
 
@@ -224,9 +224,7 @@ def train(cfg: OnlineConfig, prompts: list[Prompt], reward_fn: RewardFn | None =
     out = Path(cfg.out_dir)
     ckpt = out / "checkpoint"
     set_seed(cfg.seed)
-    # eager attention on CPU: PyTorch's CPU flash-attention backward is slow at RL lengths (measured on the bundled
-    # model, 8 x 110 tokens: a training step 3.5 -> 2.5 s in bf16, 4.6 -> 4.0 s in fp32); decoding keeps sdpa
-    model, tok = models.load_policy(cfg.policy, lora=cfg.lora, attn_implementation="eager" if device.type == "cpu" else None)
+    model, tok = models.load_policy(cfg.policy, lora=cfg.lora, attn_implementation=training_attention(device))
     ref_model = None if cfg.lora else models.load_model(cfg.policy).to(device).requires_grad_(False)
     rm = rm_tok = None
     if cfg.reward_model is not None:

@@ -55,7 +55,7 @@ from tether.algos.losses import entropy_from_logits, logprobs_from_logits, ppo_p
 from tether.errors import TetherError
 from tether.recipes.common import (GoldFn, MetricsLog, Prompt, RewardFn, accelerate_broadcast, all_sum, gather_cpu,
                                    grad_norm_value, load_checkpoint_state, make_accelerator, masked_moments,
-                                   prompt_order, save_checkpoint, whiten_across)
+                                   prompt_order, save_checkpoint, training_attention, whiten_across)
 
 
 
@@ -191,9 +191,7 @@ def train(cfg: PPOConfig, prompts: list[Prompt], reward_fn: RewardFn | None = No
     out = Path(cfg.out_dir)
     ckpt = out / "checkpoint"
     set_seed(cfg.seed)
-    # eager attention on CPU: PyTorch's CPU flash-attention backward is slow at RL lengths (measured on the bundled
-    # model, 8 x 110 tokens: a training step 3.5 -> 2.5 s in bf16, 4.6 -> 4.0 s in fp32); decoding keeps sdpa
-    model, tok = models.load_policy(cfg.policy, lora=cfg.lora, attn_implementation="eager" if device.type == "cpu" else None)
+    model, tok = models.load_policy(cfg.policy, lora=cfg.lora, attn_implementation=training_attention(device))
     ref_model = None if cfg.lora else models.load_model(cfg.policy).to(device).requires_grad_(False)
     rm = rm_tok = None
     if cfg.reward_model is not None:

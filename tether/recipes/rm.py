@@ -34,7 +34,7 @@ from tether.algos.losses import bradley_terry_loss
 from tether.errors import TetherError
 from tether.models import BUNDLED, LoraSettings
 from tether.recipes.common import (accumulating, all_sum, grad_norm_value, make_accelerator, save_checkpoint,
-                                   step_micro_batches)
+                                   step_micro_batches, training_attention)
 
 
 @dataclass
@@ -273,10 +273,8 @@ def train(cfg: RMConfig, pairs: list[PreferenceExample], eval_pairs: list[Prefer
     out, heads = Path(cfg.out_dir), cfg.num_heads
     ckpt = out / "checkpoint"
     set_seed(cfg.seed)
-    # eager attention on CPU: PyTorch's CPU flash-attention backward is slow at these lengths (bundled model,
-    # 8 pairs of 110 tokens, top 8 layers, bf16: a step 2.04 -> 1.21 s)
     model, tok = reward.load_reward_model(cfg.model, num_heads=heads,
-                                          attn_implementation="eager" if accelerator.device.type == "cpu" else None)
+                                          attn_implementation=training_attention(accelerator.device))
     lr = cfg.lr or (1e-4 if cfg.lora else 1e-5)
     if cfg.lora is not None and cfg.train_layers is not None:
         raise TetherError("rm: choose LoRA or train_layers, not both")
