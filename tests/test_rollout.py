@@ -100,3 +100,37 @@ def test_sampling_copy_follows_the_trained_weights(word_model_dir):
             base = peft(x).logits
         assert not torch.allclose(merged(x).logits.float(), base, atol=0.05)  # the adapters are merged in
     assert any("lora_" in n for n, _ in peft.named_parameters())  # the trained model keeps its adapters
+
+
+def test_frozen_bf16_stores_linear_weights_in_bf16_with_autocast_results_unchanged(tiny_model_dir):
+    """Reference and reward models under bf16: linear weights stored in bf16, embeddings (tied head) and
+    norms float32; under autocast the log-probs and rewards are bit for bit those of float32 weights."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from tether.recipes.common import frozen
+
+    cpu = torch.device("cpu")
+    x = torch.tensor([[5, 6, 7, 8, 9], [0, 0, 7, 8, 9]])
+    a = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])
+    for cls in (AutoModelForCausalLM, AutoModelForSequenceClassification):
+        kw = {"num_labels": 2} if cls is AutoModelForSequenceClassification else {}
+        torch.manual_seed(0)
+        full = cls.from_pretrained(tiny_model_dir, **kw)
+        with torch.no_grad():  # a head bias, to check biases too
+            for m in full.modules():
+                if isinstance(m, torch.nn.Linear) and m.bias is not None:
+                    m.bias.normal_()
+        small = frozen(cls.from_pretrained(tiny_model_dir, **kw), cpu, "bfloat16")
+        small.load_state_dict(full.state_dict())  # same weights (copied in, keeping the stored dtypes)
+        assert not any(p.requires_grad for p in small.parameters())
+        linears = [m for m in small.modules() if isinstance(m, torch.nn.Linear)]
+        head = small.get_output_embeddings() if cls is AutoModelForCausalLM else None
+        assert all(m.weight.dtype == torch.bfloat16 for m in linears if m is not head)
+        assert small.get_input_embeddings().weight.dtype == torch.float32
+        if head is not None:
+            assert head.weight is small.get_input_embeddings().weight  # still tied, float32
+        assert all(p.dtype == torch.float32 for n, p in small.named_parameters() if "norm" in n)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            expected, got = full(input_ids=x, attention_mask=a).logits, small(input_ids=x, attention_mask=a).logits
+        assert torch.equal(expected, got)
+        assert frozen(full, cpu, "float32") is full and full.get_input_embeddings().weight.dtype == torch.float32

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from pathlib import Path
 
@@ -68,6 +69,10 @@ def quiet_transformers() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    # accelerate warns at every checkpoint that it dropped the tied output embedding (SmolLM2 ties
+    # lm_head to the input embedding); reloading re-ties it, and the resume tests check the result
+    logging.getLogger("accelerate.utils.other").addFilter(
+        lambda record: "Removed shared tensor" not in record.getMessage())
 
 
 PLURAL = {"comparison": "comparisons", "ranking": "rankings", "rating": "ratings", "thumb": "thumbs",

@@ -102,6 +102,8 @@ def demo(directory: Path = typer.Option(Path("demo-workspace"), "--dir", help="W
          updates: int = typer.Option(20, help="Policy updates per round."),
          lr: Optional[float] = typer.Option(None, help="Policy learning rate (default: 2e-5 for ppo, rloo and "
                                             "grpo; the recipe's own for dpo)."),
+         kl_coef: float = typer.Option(0.05, "--kl-coef", help="KL coefficient to the round's starting policy "
+                                       "(ppo's kl_coef, rloo/grpo's beta); a very small one shows over-optimisation."),
          eval_prompts: int = typer.Option(40, "--eval-prompts", help="Held-out prompts (of the bundled 40)."),
          max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
          sft_epochs: int = typer.Option(2, "--sft-epochs", help="Passes over the bundled demonstrations."),
@@ -123,6 +125,7 @@ def demo(directory: Path = typer.Option(Path("demo-workspace"), "--dir", help="W
     cfg = recipe.LoopConfig(rounds=rounds, algorithm=algorithm, updates=updates, prompts_per_round=prompts,
                             items=3 * prompts, max_new_tokens=max_new_tokens, dtype=resolve_dtype(dtype),
                             lr=lr if lr is not None else None if algorithm == "dpo" else 2e-5, rm_train_layers=8,
+                            kl_coef=kl_coef,
                             seed=seed)  # 3 labeling items per prompt
     recipe.check(cfg)
     started = time.perf_counter()

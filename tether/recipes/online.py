@@ -60,7 +60,7 @@ from tether.algos.losses import entropy_from_logits, logprobs_from_logits, ppo_p
 from tether.errors import TetherError
 from tether.models import prompt_text
 from tether.recipes.common import (GoldFn, MetricsLog, Prompt, RewardFn, accelerate_broadcast, accumulating, all_sum,
-                                   gather_cpu, grad_norm_value, load_checkpoint_state, make_accelerator, prompt_order,
+                                   frozen, gather_cpu, grad_norm_value, load_checkpoint_state, make_accelerator, prompt_order,
                                    save_checkpoint, training_attention)
 from tether.recipes.ppo import trim
 from tether.rollout import pack, response_logits
@@ -225,11 +225,11 @@ def train(cfg: OnlineConfig, prompts: list[Prompt], reward_fn: RewardFn | None =
     ckpt = out / "checkpoint"
     set_seed(cfg.seed)
     model, tok = models.load_policy(cfg.policy, lora=cfg.lora, attn_implementation=training_attention(device))
-    ref_model = None if cfg.lora else models.load_model(cfg.policy).to(device).requires_grad_(False)
+    ref_model = None if cfg.lora else frozen(models.load_model(cfg.policy), device, cfg.dtype)
     rm = rm_tok = None
     if cfg.reward_model is not None:
         rm, rm_tok = reward.load_reward_model(cfg.reward_model)
-        rm = rm.to(device).requires_grad_(False)
+        rm = frozen(rm, device, cfg.dtype)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     engine = rollout_vllm.VLLMRollout(models.resolve(cfg.policy), tok, seed=cfg.seed) \
         if cfg.rollout_backend == "vllm" else None
