@@ -151,6 +151,34 @@ def test_bfloat16_autocast_recomputes_the_old_logprobs(word_model_dir, tmp_path)
     assert res.completed and all(abs(r["ratio"] - 1.0) < 0.05 and r["policy_loss"] == r["policy_loss"] for r in rec)
 
 
+@pytest.mark.parametrize("estimator", ["grpo", "rloo"])
+def test_bfloat16_one_step_takes_the_old_logprobs_from_the_training_forward(word_model_dir, tmp_path, monkeypatch,
+                                                                            estimator):
+    """GRPO (KL in the loss), one optimizer step per batch: no no-grad policy pass; the old log-probs are the
+    training forward's own (ratio exactly 1) and the KL metric is still filled. RLOO puts the KL in the reward,
+    which needs the log-probs before training: it keeps the no-grad pass."""
+    from tether.recipes import online
+
+    calls = []
+    forward = online.ResponseLogits.forward
+
+    def counting(self, *args, **kwargs):
+        calls.append(torch.is_grad_enabled())
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(online.ResponseLogits, "forward", counting)
+    res = train(_cfg(word_model_dir, tmp_path / estimator, estimator=estimator, updates=2, dtype="bfloat16",
+                     micro_batch_size=16), PROMPTS, reward_fn=word_count, show_progress=False)
+    rec = _records(tmp_path / estimator)
+    assert res.completed
+    if estimator == "grpo":
+        assert calls == [True, True]  # one forward per update, the one that trains
+        assert all(r["ratio"] == 1.0 and r["clipfrac"] == 0.0 for r in rec)
+    else:
+        assert calls == [False, True, False, True]
+    assert rec[0]["kl"] == pytest.approx(0.0, abs=0.05) and rec[1]["kl"] != 0.0  # raw log-probs were filled in
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_generation_runs_in_the_training_precision(word_model_dir, tmp_path, decode_precision, dtype):
     """Under bf16 autocast the rollout decodes in bf16 too (the fast path where bf16 matmuls are); fp32 stays fp32."""

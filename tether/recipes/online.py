@@ -236,6 +236,10 @@ def train(cfg: OnlineConfig, prompts: list[Prompt], reward_fn: RewardFn | None =
     batch_size = cfg.prompts_per_update * cfg.k  # samples per update and process
     mini = cfg.mini_batch_size or batch_size
     one_step = cfg.ppo_epochs == 1 and mini == batch_size  # one optimizer step per batch: groups stay together
+    # With one optimizer step per batch, the "old" log-probs are the training forward's own, detached (the ratio
+    # is 1 on that step). Unless decoding already gave them (float32) or they are needed before training (KL in
+    # the reward, vLLM's importance weights), they come from that forward instead of a no-grad pass of their own.
+    defer_logprobs = one_step and kl_in == "loss" and engine is None and cfg.dtype != "float32"
 
     encoded = [models.encode_prompt(tok, p) for p in prompts]
     keep = [i for i, ids in enumerate(encoded) if len(ids) <= cfg.max_prompt_length]
@@ -288,9 +292,10 @@ def train(cfg: OnlineConfig, prompts: list[Prompt], reward_fn: RewardFn | None =
 
     @torch.no_grad()
     def collect(batch: list[Prompt], ids: list[list[int]], seed: int, k: int = 1,
-                seeds: list[int] | None = None) -> Samples:
+                seeds: list[int] | None = None, policy_logprobs: bool = True) -> Samples:
         """Sample one response per row (rows keep their order; groups of k share a prompt); the policy's
-        log-probs come from the decoding itself (float32), so the only extra no-grad pass is the reference's."""
+        log-probs come from the decoding itself (float32), so the only extra no-grad pass is the reference's.
+        `policy_logprobs=False`: leave them to the training forward (`defer_logprobs`)."""
         inner = accelerator.unwrap_model(policy).model
         reuse = cfg.dtype == "float32" and engine is None  # else recompute them as training will see them
         if engine is not None:  # vLLM: push the current weights, then sample
@@ -326,7 +331,7 @@ def train(cfg: OnlineConfig, prompts: list[Prompt], reward_fn: RewardFn | None =
                         ref_logits = group_logits(inner, x, a, width, k)
             cols["ref"][sl] = logprobs_from_logits(ref_logits.float() / cfg.temperature, y).cpu()
             cols["ref_raw"][sl] = logprobs_from_logits(ref_logits.float(), y).cpu()
-            if not reuse:
+            if not reuse and policy_logprobs:
                 logits = policy(x, a, width, k).float()  # (b, T, V)
                 cols["lp"][sl] = logprobs_from_logits(logits / cfg.temperature, y).cpu()
                 cols["raw"][sl] = logprobs_from_logits(logits, y).cpu()
@@ -375,7 +380,8 @@ def train(cfg: OnlineConfig, prompts: list[Prompt], reward_fn: RewardFn | None =
             idx = [i for i in idx for _ in range(cfg.k)]  # k consecutive samples per prompt, as the estimators expect
             first = (update * world + rank) * batch_size  # this process's place in the stream of samples
             ro = collect([prompts[i] for i in idx], [encoded[i] for i in idx], cfg.seed, cfg.k,
-                         [rollout.batch_seed(cfg.seed, first + j) for j in range(batch_size)])
+                         [rollout.batch_seed(cfg.seed, first + j) for j in range(batch_size)],
+                         policy_logprobs=not defer_logprobs)
             t_sample = time.perf_counter() - t_update
 
             rewards = ro.scores  # (B,)
@@ -405,6 +411,9 @@ def train(cfg: OnlineConfig, prompts: list[Prompt], reward_fn: RewardFn | None =
                         m = ro.mask[micro, :t].to(device)  # (b, t)
                         scaled = logits / cfg.temperature  # (b, t, V)
                         new_lp = logprobs_from_logits(scaled, y)  # (b, t)
+                        if defer_logprobs:  # the policy before this batch's one step is this forward's own
+                            ro.logprobs[micro, :t] = new_lp.detach().float().cpu()
+                            ro.raw_logprobs[micro, :t] = logprobs_from_logits(logits.detach(), y).cpu()
                         adv = advantages[micro].to(device).unsqueeze(1) * w[micro, :t].to(device)  # (b, t) broadcast
                         pg, pg_stats = ppo_policy_loss(new_lp, ro.logprobs[micro, :t].to(device), adv, m,
                                                        cfg.clip_eps)  # token mean over the micro-batch
