@@ -45,6 +45,9 @@ def loop(rounds: int = typer.Option(2, help="Rounds of sample -> feedback -> rew
          rm_train_layers: Optional[int] = typer.Option(4, "--rm-train-layers", help="Reward model: train only the "
                                                        "top N layers and the head (0: all)."),
          rm_heads: int = typer.Option(1, "--rm-heads", help="Reward model ensemble heads."),
+         rm_continue: bool = typer.Option(True, "--rm-continue/--rm-retrain", help="Rounds after the first: continue "
+                                          "the last round's reward model on the new feedback, or retrain it from the "
+                                          "SFT model on all feedback so far."),
          updates: int = typer.Option(10, help="ppo/rloo/grpo updates per round."),
          batch_size: int = typer.Option(16, "--batch-size", help="Samples per update."),
          kl_coef: float = typer.Option(0.05, "--kl-coef", help="KL coefficient to the round's starting policy."),
@@ -67,7 +70,7 @@ def loop(rounds: int = typer.Option(2, help="Rounds of sample -> feedback -> rew
                             web_timeout_hours=web_timeout_hours, judge_url=judge_url,
                             judge_model=judge_model, judge_rubric=str(judge_rubric) if judge_rubric else None, k=k, prompts_per_round=prompts_per_round,
                             items=items, overlap=overlap,
-                            rm_train_layers=rm_train_layers or None, rm_heads=rm_heads, updates=updates,
+                            rm_train_layers=rm_train_layers or None, rm_heads=rm_heads, rm_continue=rm_continue, updates=updates,
                             batch_size=batch_size, kl_coef=kl_coef, lr=lr, lora_r=lora_r,
                             max_new_tokens=max_new_tokens, eval_samples=eval_samples, dtype=resolve_dtype(dtype),
                             seed=seed)
@@ -94,16 +97,22 @@ def _summary(res) -> None:
     console.print(Text(f"loop state: {res.out_dir / 'state.json'}; the final policy is now the workspace policy"))
 
 
+# the demo's policy stage: (learning rate, KL coefficient) by algorithm. GRPO at 5e-5 with beta 0.001 (KL in the
+# loss, to the round's starting policy) reached the demo's best gold win rate in the runs of bench/RESULTS.md.
+DEMO_POLICY = {"grpo": (5e-5, 0.001), "rloo": (5e-5, 0.001), "ppo": (2e-5, 0.05), "dpo": (None, 0.05)}
+
+
 @user_errors
 def demo(directory: Path = typer.Option(Path("demo-workspace"), "--dir", help="Workspace folder for the demo."),
          prompts: int = typer.Option(48, help="Training prompts (of the bundled 112) sampled and labeled each round."),
          rounds: int = typer.Option(2, help="Loop rounds after SFT."),
-         algorithm: str = typer.Option("ppo", help="Policy stage: ppo, rloo, grpo or dpo."),
+         algorithm: str = typer.Option("grpo", help="Policy stage: grpo, ppo, rloo or dpo."),
          updates: int = typer.Option(20, help="Policy updates per round."),
-         lr: Optional[float] = typer.Option(None, help="Policy learning rate (default: 2e-5 for ppo, rloo and "
-                                            "grpo; the recipe's own for dpo)."),
-         kl_coef: float = typer.Option(0.05, "--kl-coef", help="KL coefficient to the round's starting policy "
-                                       "(ppo's kl_coef, rloo/grpo's beta); a very small one shows over-optimisation."),
+         lr: Optional[float] = typer.Option(None, help="Policy learning rate (default: 5e-5 for grpo and rloo, "
+                                            "2e-5 for ppo, the recipe's own for dpo)."),
+         kl_coef: Optional[float] = typer.Option(None, "--kl-coef", help="KL coefficient to the round's starting "
+                                                 "policy: ppo's kl_coef (default 0.05), rloo/grpo's beta (default "
+                                                 "0.001)."),
          eval_prompts: int = typer.Option(40, "--eval-prompts", help="Held-out prompts (of the bundled 40)."),
          max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
          sft_epochs: int = typer.Option(2, "--sft-epochs", help="Passes over the bundled demonstrations."),
@@ -122,10 +131,11 @@ def demo(directory: Path = typer.Option(Path("demo-workspace"), "--dir", help="W
     from tether.workspace import init_workspace, open_workspace
 
     quiet_transformers()
+    default_lr, default_kl = DEMO_POLICY.get(algorithm, (None, 0.05))
     cfg = recipe.LoopConfig(rounds=rounds, algorithm=algorithm, updates=updates, prompts_per_round=prompts,
                             items=3 * prompts, max_new_tokens=max_new_tokens, dtype=resolve_dtype(dtype),
-                            lr=lr if lr is not None else None if algorithm == "dpo" else 2e-5, rm_train_layers=8,
-                            kl_coef=kl_coef,
+                            lr=default_lr if lr is None else lr, rm_train_layers=8,
+                            kl_coef=default_kl if kl_coef is None else kl_coef,
                             seed=seed)  # 3 labeling items per prompt
     recipe.check(cfg)
     started = time.perf_counter()

@@ -66,6 +66,8 @@ class LoopConfig:
     rm_train_layers: int | None = 4  # train only the top layers and the head (None: all)
     rm_heads: int = 1
     rm_epochs: int = 1
+    rm_continue: bool = True  # rounds after the first: start from the last round's reward model and train on the
+    # new round's feedback only (False: retrain from the SFT model on all feedback so far, which grows each round)
     rm_batch_size: int = 8
     # policy
     updates: int = 10  # ppo/rloo/grpo iterations per round
@@ -288,7 +290,11 @@ def _rm(ws, cfg: LoopConfig, state, rnd, again, say, save) -> dict:
     from tether.recipes import rm
 
     store = ws.store()
-    collected = collect_pairs(store, None, judge_weight=cfg.judge_weight)  # every round's feedback so far
+    earlier = [r["rm"]["model"] for r in state["rounds"] if r["round"] < rnd["round"] and r.get("rm")]
+    start = earlier[-1] if cfg.rm_continue and earlier else state["sft"]
+    # continuing: this round's feedback on top of the last reward model; else every round's feedback so far
+    collected = collect_pairs(store, [rnd["round"]] if earlier and cfg.rm_continue else None,
+                              judge_weight=cfg.judge_weight)
     out = Path(rnd["rm_dir"]) if again and rnd.get("rm_dir") else ws.new_run_dir("rm")
     rnd["rm_dir"] = str(out)
     save()  # a kill from here on resumes this run folder
@@ -300,7 +306,7 @@ def _rm(ws, cfg: LoopConfig, state, rnd, again, say, save) -> dict:
 
         if layers >= getattr(AutoConfig.from_pretrained(resolve(state["sft"])), "num_hidden_layers", layers + 1):
             layers = None
-    rcfg = rm.RMConfig(model=state["sft"], num_heads=cfg.rm_heads, epochs=cfg.rm_epochs, batch_size=cfg.rm_batch_size,
+    rcfg = rm.RMConfig(model=start, num_heads=cfg.rm_heads, epochs=cfg.rm_epochs, batch_size=cfg.rm_batch_size,
                        train_layers=layers, seed=cfg.seed, out_dir=str(out),
                        lora=LoraSettings(r=cfg.lora_r, alpha=2 * cfg.lora_r) if cfg.lora_r else None,
                        threads=ws.config.threads or os.cpu_count(), dtype=cfg.dtype)
@@ -308,7 +314,8 @@ def _rm(ws, cfg: LoopConfig, state, rnd, again, say, save) -> dict:
         rcfg, preference_examples(store, collected), normalise_on=policy_samples(store, [rnd["round"]]),
         resume=again))
     m = res.metrics
-    say(f"  {len(collected.pairs)} pairs; held-out accuracy {m.get('eval_accuracy', float('nan')):.3f}")
+    source = f"continued from {Path(start).parent.name} on this round's " if start != state["sft"] else ""
+    say(f"  {source}{len(collected.pairs)} pairs; held-out accuracy {m.get('eval_accuracy', float('nan')):.3f}")
     return {"model": str(res.model_dir), "pairs": len(collected.pairs), "eval_accuracy": m.get("eval_accuracy")}
 
 
