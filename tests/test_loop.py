@@ -62,13 +62,10 @@ def test_two_rounds_of_ppo_tag_everything_with_their_round(ws):
         runs = s.execute(select(S.Run.stage, S.Run.round, S.Run.status)).all()
     for stage in ("sample", "rm", "ppo", "eval"):
         assert sorted(r for st, r, status in runs if st == stage and status == "done") == [0, 1], (stage, runs)
-    # the second reward model continued the first, on round 1's feedback only (rm_continue, the default)
-    from tether.feedback.collect import collect_pairs
-
+    # the second reward model was retrained from the starting model on round 0's and round 1's feedback
     second = json.loads((Path(rounds[1]["rm"]["model"]).parent / "metrics.json").read_text())
-    assert second["config"]["model"] == rounds[0]["rm"]["model"]
-    assert rounds[1]["rm"]["pairs"] == len(collect_pairs(ws.store(), [1]).pairs) > 0
-    assert rounds[0]["rm"]["pairs"] == len(collect_pairs(ws.store(), [0]).pairs) > 0
+    assert second["config"]["model"] == start
+    assert rounds[1]["rm"]["pairs"] > rounds[0]["rm"]["pairs"] > 0
     # evaluations: against the starting policy, on the held-out prompts, in report files
     for r in rounds:
         rep = json.loads(open(r["eval"]["report"]).read())
@@ -121,17 +118,16 @@ def test_other_policy_stages(ws, algorithm):
     assert f"/{algorithm}-1" in rnd["policy"]["run"] and "gold_win_rate" in rnd["eval"]
 
 
-def test_rm_retrain_starts_each_round_from_sft_on_all_feedback(ws):
-    """--rm-retrain: every round's reward model starts from the SFT model and sees all feedback so far."""
+def test_rm_continue_trains_on_top_of_the_last_round_on_the_new_feedback(ws):
+    """--rm-continue: round 1's reward model starts from round 0's and sees round 1's feedback only."""
     from tether.feedback.collect import collect_pairs
 
-    sft = ws.config.policy
-    res = loop.run(ws, _small(algorithm="dpo", rm_continue=False), say=lambda line: None)
+    res = loop.run(ws, _small(algorithm="dpo", rm_continue=True), say=lambda line: None)
     rounds = res.state["rounds"]
-    for r in rounds:
-        cfg = json.loads((Path(r["rm"]["model"]).parent / "metrics.json").read_text())["config"]
-        assert cfg["model"] == sft
-    assert rounds[1]["rm"]["pairs"] == len(collect_pairs(ws.store(), None).pairs) > rounds[0]["rm"]["pairs"] > 0
+    second = json.loads((Path(rounds[1]["rm"]["model"]).parent / "metrics.json").read_text())["config"]
+    assert second["model"] == rounds[0]["rm"]["model"]
+    assert rounds[1]["rm"]["pairs"] == len(collect_pairs(ws.store(), [1]).pairs) > 0
+    assert rounds[0]["rm"]["pairs"] == len(collect_pairs(ws.store(), [0]).pairs) > 0
 
 
 def test_bad_settings_and_missing_prompts_are_refused(workspace):

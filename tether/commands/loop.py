@@ -45,9 +45,10 @@ def loop(rounds: int = typer.Option(2, help="Rounds of sample -> feedback -> rew
          rm_train_layers: Optional[int] = typer.Option(4, "--rm-train-layers", help="Reward model: train only the "
                                                        "top N layers and the head (0: all)."),
          rm_heads: int = typer.Option(1, "--rm-heads", help="Reward model ensemble heads."),
-         rm_continue: bool = typer.Option(True, "--rm-continue/--rm-retrain", help="Rounds after the first: continue "
-                                          "the last round's reward model on the new feedback, or retrain it from the "
-                                          "SFT model on all feedback so far."),
+         rm_continue: bool = typer.Option(False, "--rm-continue/--rm-retrain", help="Rounds after the first: "
+                                          "retrain the reward model from the SFT model on all feedback so far "
+                                          "(default), or continue the last round's on the new feedback only "
+                                          "(faster, but it can forget what earlier labels taught)."),
          updates: int = typer.Option(10, help="ppo/rloo/grpo updates per round."),
          batch_size: int = typer.Option(16, "--batch-size", help="Samples per update."),
          kl_coef: float = typer.Option(0.05, "--kl-coef", help="KL coefficient to the round's starting policy."),
@@ -104,10 +105,10 @@ DEMO_POLICY = {"grpo": (5e-5, 0.001), "rloo": (5e-5, 0.001), "ppo": (2e-5, 0.05)
 
 @user_errors
 def demo(directory: Path = typer.Option(Path("demo-workspace"), "--dir", help="Workspace folder for the demo."),
-         prompts: int = typer.Option(48, help="Training prompts (of the bundled 112) sampled and labeled each round."),
+         prompts: int = typer.Option(40, help="Training prompts (of the bundled 112) sampled and labeled each round."),
          rounds: int = typer.Option(2, help="Loop rounds after SFT."),
          algorithm: str = typer.Option("grpo", help="Policy stage: grpo, ppo, rloo or dpo."),
-         updates: int = typer.Option(20, help="Policy updates per round."),
+         updates: int = typer.Option(18, help="Policy updates per round."),
          lr: Optional[float] = typer.Option(None, help="Policy learning rate (default: 5e-5 for grpo and rloo, "
                                             "2e-5 for ppo, the recipe's own for dpo)."),
          kl_coef: Optional[float] = typer.Option(None, "--kl-coef", help="KL coefficient to the round's starting "
