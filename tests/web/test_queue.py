@@ -88,6 +88,26 @@ def test_abandoned_task_returns_to_the_queue(app, client_for, web_ws):
         assert s.get(S.Task, task).status == "done"
 
 
+def test_a_labeler_who_abandoned_a_task_can_take_it_again(app, client_for, web_ws):
+    """Her assignment row is revived (status, time and completion reset), not duplicated."""
+    _, store = web_ws
+    (task,) = make_tasks(store, "rating", limit=1)
+    alice, csrf = client_for("alice")
+    assert alice.get("/api/tasks/next").json()["task"]["id"] == task
+    app.state.db.timeout_s, app.state.db.reclaim_every_s = 0.2, 0.0
+    time.sleep(0.3)
+    with store.session() as s:  # the claim below first reclaims: her row is abandoned, then revived
+        first_at = s.scalar(select(S.Assignment.assigned_at))
+    assert alice.get("/api/tasks/next").json()["task"]["id"] == task
+    app.state.db.timeout_s = 900
+    with store.session() as s:
+        rows = s.execute(select(S.Assignment.status, S.Assignment.assigned_at)).all()
+        assert len(rows) == 1 and rows[0][0] == "assigned" and rows[0][1] > first_at
+    assert answer(alice, csrf, task, {"score": 5}).status_code == 201
+    with store.session() as s:
+        assert s.scalar(select(S.Assignment.status)) == "done" and s.get(S.Task, task).status == "done"
+
+
 def test_double_submit_stores_one_label(client_for, web_ws):
     _, store = web_ws
     (task,) = make_tasks(store, "thumbs", limit=1)

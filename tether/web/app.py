@@ -24,7 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from sqlalchemy import event
+from sqlalchemy import Row, bindparam, event, select
 from sqlalchemy.orm import Session
 from starlette.middleware.sessions import SessionMiddleware
 
@@ -96,10 +96,15 @@ def check_csrf(request: Request, given: str | None) -> None:
         raise AuthError("CSRF token missing or wrong: reload the page and try again", 403)
 
 
-def current_user(request: Request, s: Session, admin: bool = False) -> S.Labeler:
-    """The logged-in labeler (401 if none, 403 if `admin` and they are not one)."""
+_lab = S.Labeler.__table__
+WHO = select(_lab.c.id, _lab.c.name, _lab.c.role, _lab.c.active).where(_lab.c.id == bindparam("uid"))
+
+
+def current_user(request: Request, s: Session, admin: bool = False) -> Row:
+    """The logged-in labeler as a row of id, name, role, active (401 if none, 403 if `admin` and
+    they are not one). Looked up on every request (a deactivated account is locked out at once)."""
     uid = request.session.get("uid")
-    lab = s.get(S.Labeler, uid) if isinstance(uid, int) else None
+    lab = s.connection().execute(WHO, {"uid": uid}).first() if isinstance(uid, int) else None
     if lab is None or not lab.active:
         raise AuthError("please log in", 401)
     if admin and lab.role != "admin":

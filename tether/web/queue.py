@@ -15,6 +15,11 @@ Concurrency: on SQLite, write transactions start with BEGIN IMMEDIATE behind a p
 (one writer at a time, no lock-upgrade deadlocks, and no busy-wait sleeps between threads). On
 PostgreSQL, claiming locks the candidate task row (FOR UPDATE SKIP LOCKED) and recounts its slots
 under that lock, so concurrent workers never over-assign a task.
+
+Speed: this is the hot path of every labeler's click, so it is SQLAlchemy Core, not the ORM: each
+statement is built once, here, with bound parameters, and executed on the session's connection
+(building and compiling a fresh ORM query cost ~6x more per statement; bench/RESULTS.md). Tasks
+come back as rows (`TASK_COLUMNS`), which carry the same attribute names as `schema.Task`.
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from typing import Iterator
+from typing import Any, Iterator
 
-from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy import Row, bindparam, exists, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from tether.data import schema as S
@@ -34,8 +41,57 @@ from tether.data.feedback import (FLAW_CATEGORIES, FeedbackError, record_compari
 from tether.data.store import Store
 from tether.web.forms import LabelError, parse_label
 
-A, T = S.Assignment, S.Task
+t, a = S.Task.__table__, S.Assignment.__table__
 ACTIVE = ("assigned", "done")  # assignment states that hold a slot
+TASK_COLUMNS = (t.c.id, t.c.kind, t.c.prompt_id, t.c.response_ids, t.c.labels_needed, t.c.priority, t.c.round,
+                t.c.options, t.c.status)
+
+# --- the statements, built once ------------------------------------------------------------------
+_taken = (select(func.count()).select_from(a).where(a.c.task_id == t.c.id, a.c.status.in_(ACTIVE))
+          .correlate(t).scalar_subquery())
+_mine = exists().where(a.c.task_id == t.c.id, a.c.labeler_id == bindparam("labeler_id"), a.c.status.in_(ACTIVE))
+# open tasks of one priority level with a free slot that this labeler has not done and does not hold
+_available = (select(*TASK_COLUMNS).where(t.c.status == "open", ~_mine, _taken < t.c.labels_needed,
+                                          t.c.priority == bindparam("level"),
+                                          t.c.id.not_in(bindparam("skip", expanding=True)))
+              .order_by(t.c.id).limit(1))
+# SQLite: walk the status index (open tasks in id order) and stop at the first match; no sort, and
+# done tasks are never visited. PostgreSQL: lock the candidate, skipping or waiting for other claims.
+NEXT_SQLITE = _available.with_hint(t, "INDEXED BY ix_tasks_status", "sqlite")
+NEXT_PG_SKIP = _available.with_for_update(skip_locked=True, of=t)
+NEXT_PG_WAIT = _available.with_for_update(of=t)
+TAKEN = select(func.count()).select_from(a).where(a.c.task_id == bindparam("task_id"), a.c.status.in_(ACTIVE))
+LEVELS = select(t.c.priority).where(t.c.status == "open").distinct().order_by(t.c.priority.desc())
+# the labeler's unanswered assignment on an open task, oldest first
+HELD = (select(*TASK_COLUMNS).join(a, a.c.task_id == t.c.id)
+        .where(a.c.labeler_id == bindparam("labeler_id"), a.c.status == "assigned", t.c.status == "open")
+        .order_by(a.c.assigned_at, a.c.id).limit(1))
+
+
+def _upsert(insert_of_dialect):
+    """The assignment row, new, or revived if the labeler abandoned the task earlier (one statement)."""
+    stmt = insert_of_dialect(a)
+    return stmt.on_conflict_do_update(index_elements=[a.c.task_id, a.c.labeler_id],
+                                      set_={"status": stmt.excluded.status, "assigned_at": stmt.excluded.assigned_at,
+                                            "completed_at": None})
+
+
+ASSIGN = {"sqlite": _upsert(sqlite_insert), "postgresql": _upsert(pg_insert)}
+RECLAIM = (update(a).where(a.c.status == "assigned", a.c.assigned_at < bindparam("cutoff"))
+           .values(status="abandoned"))
+# a task with this labeler's assignment on it: the task's columns, then the assignment's as a_*
+ASSIGNED = (select(*TASK_COLUMNS, a.c.id.label("a_id"), a.c.status.label("a_status"),
+                   a.c.assigned_at.label("a_assigned_at"))
+            .join(a, a.c.task_id == t.c.id).where(t.c.id == bindparam("task_id"), a.c.labeler_id == bindparam("labeler_id")))
+LOCK_TASK = select(t.c.id).where(t.c.id == bindparam("task_id")).with_for_update()
+ANSWERED = (update(a).where(a.c.id == bindparam("a_id"), a.c.status == "assigned")
+            .values(status="done", completed_at=bindparam("now")))
+N_DONE = select(func.count()).select_from(a).where(a.c.task_id == bindparam("task_id"), a.c.status == "done")
+CLOSE = update(t).where(t.c.id == bindparam("task_id")).values(status="done")
+DONE_PER_KIND = (select(t.c.kind, func.count()).join(a, a.c.task_id == t.c.id)
+                 .where(a.c.labeler_id == bindparam("labeler_id"), a.c.status == "done").group_by(t.c.kind))
+N_AVAILABLE = (select(func.count()).select_from(t)
+               .where(t.c.status == "open", ~_mine, _taken < t.c.labels_needed))
 
 
 class Database:
@@ -55,8 +111,7 @@ class Database:
         """Priority levels of open tasks, highest first; cached for a second per process (a new
         level is seen at once anyway: an empty answer from the cache is always re-checked)."""
         if fresh or time.monotonic() - self._levels_at > 1.0:
-            self._levels = list(s.scalars(select(T.priority).where(T.status == "open").distinct()
-                                          .order_by(T.priority.desc())))
+            self._levels = list(s.connection().execute(LEVELS).scalars())
             self._levels_at = time.monotonic()
         return self._levels
 
@@ -95,40 +150,10 @@ def now_utc() -> datetime:
 
 def reclaim(s: Session, cutoff: datetime) -> int:
     """Mark assignments given out before `cutoff` and never answered as abandoned."""
-    res = s.execute(update(A).where(A.status == "assigned", A.assigned_at < cutoff)
-                    .values(status="abandoned").execution_options(synchronize_session=False))
-    return res.rowcount or 0
+    return s.connection().execute(RECLAIM, {"cutoff": cutoff}).rowcount or 0
 
 
-def _taken(task_id) -> select:
-    return select(func.count()).select_from(A).where(A.task_id == task_id, A.status.in_(ACTIVE)).scalar_subquery()
-
-
-def _available(labeler_id: int):
-    """Open tasks with a free slot that this labeler has not done and does not hold."""
-    mine = exists().where(A.task_id == T.id, A.labeler_id == labeler_id, A.status.in_(ACTIVE))
-    return and_(T.status == "open", ~mine, _taken(T.id) < T.labels_needed)
-
-
-def _next_query(db: "Database", labeler_id: int, level: float, skip: list[int]):
-    """The oldest available task of one priority level. On SQLite it walks the status index (open
-    tasks in id order) and stops at the first match: no sort, and done tasks are never visited."""
-    q = select(T).where(_available(labeler_id), T.priority == level)
-    if skip:
-        q = q.where(T.id.not_in(skip))
-    if db.sqlite:
-        q = q.with_hint(T, "INDEXED BY ix_tasks_status", "sqlite")
-    return q.order_by(T.id).limit(1)
-
-
-def current_assignment(s: Session, labeler_id: int) -> S.Assignment | None:
-    """The labeler's unanswered assignment on an open task, oldest first."""
-    return s.scalar(select(A).join(T, T.id == A.task_id)
-                    .where(A.labeler_id == labeler_id, A.status == "assigned", T.status == "open")
-                    .order_by(A.assigned_at, A.id).limit(1))
-
-
-def claim_next(db: Database, s: Session, labeler_id: int) -> S.Task | None:
+def claim_next(db: Database, s: Session, labeler_id: int) -> Row | None:
     """The labeler's next task (their current one if they hold one), or None when the queue is empty.
 
     On PostgreSQL call it in a transaction that holds no task locks yet (not after a submission
@@ -137,11 +162,13 @@ def claim_next(db: Database, s: Session, labeler_id: int) -> S.Task | None:
     savepoint back, so a claim holds at most the one task lock it is taking."""
     now = now_utc()
     db.maybe_reclaim(s, now)
-    held = current_assignment(s, labeler_id)
+    conn = s.connection()
+    held = conn.execute(HELD, {"labeler_id": labeler_id}).first()
     if held is not None:
-        return s.get(T, held.task_id)
+        return held
     task, skip, tried = None, [], None
-    for levels in (db.levels(s), db.levels(s, fresh=True)):
+    for fresh in (False, True):
+        levels = db.levels(s, fresh)
         if levels == tried:
             break  # the cached priority levels were current: the queue is empty for this labeler
         tried = levels
@@ -158,31 +185,28 @@ def claim_next(db: Database, s: Session, labeler_id: int) -> S.Task | None:
             break
     if task is None:
         return None
-    row = s.scalar(select(A).where(A.task_id == task.id, A.labeler_id == labeler_id))
-    if row is None:
-        s.add(A(task_id=task.id, labeler_id=labeler_id, status="assigned", assigned_at=now))
-    else:  # the labeler abandoned it earlier: revive the same row
-        row.status, row.assigned_at, row.completed_at = "assigned", now, None
-    s.flush()
+    conn.execute(ASSIGN[conn.dialect.name], {"task_id": task.id, "labeler_id": labeler_id, "status": "assigned",
+                                             "assigned_at": now})
     if not db.sqlite:
         s.info.pop("claim_savepoint").commit()
     return task
 
 
 def _lock_candidate(db: Database, s: Session, labeler_id: int, level: float, skip: list[int],
-                    wait: bool) -> S.Task | None:
+                    wait: bool) -> Row | None:
     """The first available task of a priority level; on PostgreSQL locked (FOR UPDATE, inside a
     savepoint kept in `s.info` for the caller to commit) and re-counted under the lock."""
+    conn = s.connection()
     for _ in range(50):
-        q = _next_query(db, labeler_id, level, skip)
+        params = {"labeler_id": labeler_id, "level": level, "skip": skip}
         if db.sqlite:
-            return s.scalar(q)
+            return conn.execute(NEXT_SQLITE, params).first()
         savepoint = s.begin_nested()
-        task = s.scalar(q.with_for_update(skip_locked=not wait, of=T))
+        task = conn.execute(NEXT_PG_WAIT if wait else NEXT_PG_SKIP, params).first()
         if task is None:
             savepoint.rollback()
             return None
-        if s.scalar(select(_taken(task.id))) < task.labels_needed:
+        if conn.execute(TAKEN, {"task_id": task.id}).scalar() < task.labels_needed:
             s.info["claim_savepoint"] = savepoint
             return task
         skip.append(task.id)  # filled by a worker that committed after our snapshot
@@ -190,22 +214,22 @@ def _lock_candidate(db: Database, s: Session, labeler_id: int, level: float, ski
     return None
 
 
-def assigned_task(s: Session, labeler_id: int, task_id: int) -> tuple[S.Task, S.Assignment]:
-    """The task if it is in this labeler's queue; LabelError 404 otherwise (whose task it is
-    stays hidden)."""
-    row = s.execute(select(T, A).join(A, A.task_id == T.id)
-                    .where(T.id == task_id, A.labeler_id == labeler_id)).first()
+def assigned_task(s: Session, labeler_id: int, task_id: int) -> Row:
+    """The task, with its assignment to this labeler as `a_id`, `a_status`, `a_assigned_at`, if it is
+    in this labeler's queue; LabelError 404 otherwise (whose task it is stays hidden)."""
+    row = s.connection().execute(ASSIGNED, {"task_id": task_id, "labeler_id": labeler_id}).first()
     if row is None:
         raise LabelError(f"task {task_id} is not in your queue", "task_id", status=404)
-    return row[0], row[1]
+    return row
 
 
-def _record(s: Session, labeler: S.Labeler, task: S.Task, label, duration_ms: int) -> object:
-    """Store `label` for `task` through tether.data.feedback (validated there against the database)."""
+def _record(s: Session, labeler, task: Row, label, duration_ms: int) -> int:
+    """Store `label` for `task` through tether.data.feedback (validated there against the database);
+    the feedback row's id."""
     ids, kind = list(task.response_ids), task.kind
     common = dict(task_id=task.id, duration_ms=duration_ms, round=task.round)
     if kind in ("pairwise", "ab_eval"):
-        meta = {"kind": kind}
+        meta: dict[str, Any] = {"kind": kind}
         if kind == "ab_eval":
             meta["policies"] = list(task.options.get("policies", []))
         return record_comparison(s, labeler, ids[0], ids[1], label.choice, reason=label.reason, meta=meta, **common)
@@ -232,45 +256,44 @@ def _record(s: Session, labeler: S.Labeler, task: S.Task, label, duration_ms: in
     raise LabelError(f"task {task.id} has unknown kind {kind!r}", "kind", status=500)
 
 
-def submit_label(s: Session, labeler: S.Labeler, task_id: int, data: dict) -> tuple[S.Task, object]:
+def submit_label(s: Session, labeler, task_id: int, data: dict) -> tuple[Row, int]:
     """Store the labeler's answer (`data`, checked by `forms.parse_label` for the task's kind) to
-    a task they hold; the task is done once it has its labels. Returns (task, feedback row).
+    a task they hold; the task is done once it has its labels. `labeler` is anything with the
+    labeler's `id`. Returns (task, id of the feedback row).
 
     LabelError: 404 not their task, 409 already answered or timed out, 422 invalid answer."""
+    conn = s.connection()
     # Answers to one task take turns (a row lock on PostgreSQL; SQLite writes are serialised anyway), so
     # that the last of several simultaneous answers counts the others and marks the task done.
-    s.execute(select(T.id).where(T.id == task_id).with_for_update())
-    task, assignment = assigned_task(s, labeler.id, task_id)
-    if assignment.status == "done":
+    if conn.dialect.name != "sqlite":
+        conn.execute(LOCK_TASK, {"task_id": task_id})
+    task = assigned_task(s, labeler.id, task_id)
+    if task.a_status == "done":
         raise LabelError(f"task {task_id}: you already answered it", "task_id", status=409)
-    if assignment.status == "abandoned" or task.status != "open":
+    if task.a_status == "abandoned" or task.status != "open":
         raise LabelError(f"task {task_id}: it timed out (or was closed) and went back to the queue; "
                          "take the next one", "task_id", status=409)
     label = parse_label(task.kind, data)
     now = now_utc()
-    done = s.execute(update(A).where(A.id == assignment.id, A.status == "assigned")
-                     .values(status="done", completed_at=now).execution_options(synchronize_session=False))
-    if done.rowcount != 1:
+    if conn.execute(ANSWERED, {"a_id": task.a_id, "now": now}).rowcount != 1:
         raise LabelError(f"task {task_id}: you already answered it", "task_id", status=409)
     duration = label.duration_ms
     if duration is None:
-        duration = max(0, int((now - assignment.assigned_at).total_seconds() * 1000))
+        duration = max(0, int((now - task.a_assigned_at).total_seconds() * 1000))
     try:
-        row = _record(s, labeler, task, label, duration)
-        s.flush()
+        feedback_id = _record(s, labeler, task, label, duration)
     except FeedbackError as e:
         raise LabelError(str(e)) from None
-    n_done = 1 if task.labels_needed <= 1 else s.scalar(
-        select(func.count()).select_from(A).where(A.task_id == task.id, A.status == "done"))
+    n_done = 1 if task.labels_needed <= 1 else conn.execute(N_DONE, {"task_id": task.id}).scalar()
     if n_done >= task.labels_needed:
-        task.status = "done"
-    return task, row
+        conn.execute(CLOSE, {"task_id": task.id})
+    return task, feedback_id
 
 
 def progress(s: Session, labeler_id: int) -> dict:
     """A labeler's counts: answered in all, answered per kind, median seconds, tasks left for them."""
-    per_kind = dict(s.execute(select(T.kind, func.count()).join(A, A.task_id == T.id)
-                              .where(A.labeler_id == labeler_id, A.status == "done").group_by(T.kind)).all())
-    left = s.scalar(select(func.count()).select_from(T).where(_available(labeler_id))) or 0
-    held = current_assignment(s, labeler_id)
+    conn = s.connection()
+    per_kind = dict(conn.execute(DONE_PER_KIND, {"labeler_id": labeler_id}).all())
+    left = conn.execute(N_AVAILABLE, {"labeler_id": labeler_id}).scalar() or 0
+    held = conn.execute(HELD, {"labeler_id": labeler_id}).first()
     return {"done": sum(per_kind.values()), "per_kind": per_kind, "left": left + (held is not None)}
