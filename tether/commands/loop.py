@@ -108,7 +108,7 @@ def demo(directory: Path = typer.Option(Path("demo-workspace"), "--dir", help="W
          prompts: int = typer.Option(40, help="Training prompts (of the bundled 112) sampled and labeled each round."),
          rounds: int = typer.Option(2, help="Loop rounds after SFT."),
          algorithm: str = typer.Option("grpo", help="Policy stage: grpo, ppo, rloo or dpo."),
-         updates: int = typer.Option(18, help="Policy updates per round."),
+         updates: int = typer.Option(16, help="Policy updates per round."),
          lr: Optional[float] = typer.Option(None, help="Policy learning rate (default: 5e-5 for grpo and rloo, "
                                             "2e-5 for ppo, the recipe's own for dpo)."),
          kl_coef: Optional[float] = typer.Option(None, "--kl-coef", help="KL coefficient to the round's starting "

@@ -125,7 +125,10 @@ class Task(Base):
     """An item to label: which responses, which question, how many labels it needs, how urgent."""
 
     __tablename__ = "tasks"
-    __table_args__ = (CheckConstraint(f"kind IN {TASK_KINDS}", name="kind"),)
+    # ix_tasks_queue: the web app's claim reads open tasks of one priority in id order straight off this
+    # index, however many tasks are done (a scan of the primary key filtered them one by one)
+    __table_args__ = (CheckConstraint(f"kind IN {TASK_KINDS}", name="kind"),
+                      Index("ix_tasks_queue", "status", "priority", "id"))
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))
     prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"))

@@ -55,9 +55,10 @@ _available = (select(*TASK_COLUMNS).where(t.c.status == "open", ~_mine, _taken <
                                           t.c.priority == bindparam("level"),
                                           t.c.id.not_in(bindparam("skip", expanding=True)))
               .order_by(t.c.id).limit(1))
-# SQLite: walk the status index (open tasks in id order) and stop at the first match; no sort, and
-# done tasks are never visited. PostgreSQL: lock the candidate, skipping or waiting for other claims.
-NEXT_SQLITE = _available.with_hint(t, "INDEXED BY ix_tasks_status", "sqlite")
+# Both walk ix_tasks_queue (status, priority, id): open tasks of the level in id order, stopping at the
+# first match; no sort, and done tasks are never visited (SQLite is told to use it; PostgreSQL's planner
+# picks it). PostgreSQL locks the candidate, skipping or waiting for other workers' claims.
+NEXT_SQLITE = _available.with_hint(t, "INDEXED BY ix_tasks_queue", "sqlite")
 NEXT_PG_SKIP = _available.with_for_update(skip_locked=True, of=t)
 NEXT_PG_WAIT = _available.with_for_update(of=t)
 TAKEN = select(func.count()).select_from(a).where(a.c.task_id == bindparam("task_id"), a.c.status.in_(ACTIVE))
