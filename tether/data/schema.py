@@ -145,7 +145,9 @@ class Assignment(Base):
     """A task handed to one labeler; nobody is given the same task twice."""
 
     __tablename__ = "assignments"
-    __table_args__ = (UniqueConstraint("task_id", "labeler_id", name="uq_assignments_task_labeler"),)
+    # ix_assignments_labeler_status: a labeler's open assignment is found without walking all they answered
+    __table_args__ = (UniqueConstraint("task_id", "labeler_id", name="uq_assignments_task_labeler"),
+                      Index("ix_assignments_labeler_status", "labeler_id", "status"))
     id: Mapped[int] = mapped_column(primary_key=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
     labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id"), index=True)

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
 
-from sqlalchemy import Row, bindparam, exists, func, select, update
+from sqlalchemy import Row, bindparam, exists, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -43,25 +43,29 @@ from tether.web.forms import LabelError, parse_label
 
 t, a = S.Task.__table__, S.Assignment.__table__
 ACTIVE = ("assigned", "done")  # assignment states that hold a slot
+# written as ORs of equalities: SQLAlchemy renders IN (literal list) as an "expanding" parameter that it
+# re-renders into the SQL string at every execution
+_holds_slot = or_(*(a.c.status == state for state in ACTIVE))
 TASK_COLUMNS = (t.c.id, t.c.kind, t.c.prompt_id, t.c.response_ids, t.c.labels_needed, t.c.priority, t.c.round,
                 t.c.options, t.c.status)
 
 # --- the statements, built once ------------------------------------------------------------------
-_taken = (select(func.count()).select_from(a).where(a.c.task_id == t.c.id, a.c.status.in_(ACTIVE))
+_taken = (select(func.count()).select_from(a).where(a.c.task_id == t.c.id, _holds_slot)
           .correlate(t).scalar_subquery())
-_mine = exists().where(a.c.task_id == t.c.id, a.c.labeler_id == bindparam("labeler_id"), a.c.status.in_(ACTIVE))
+_mine = exists().where(a.c.task_id == t.c.id, a.c.labeler_id == bindparam("labeler_id"), _holds_slot)
 # open tasks of one priority level with a free slot that this labeler has not done and does not hold
 _available = (select(*TASK_COLUMNS).where(t.c.status == "open", ~_mine, _taken < t.c.labels_needed,
-                                          t.c.priority == bindparam("level"),
-                                          t.c.id.not_in(bindparam("skip", expanding=True)))
+                                          t.c.priority == bindparam("level"))
               .order_by(t.c.id).limit(1))
 # Both walk ix_tasks_queue (status, priority, id): open tasks of the level in id order, stopping at the
 # first match; no sort, and done tasks are never visited (SQLite is told to use it; PostgreSQL's planner
-# picks it). PostgreSQL locks the candidate, skipping or waiting for other workers' claims.
+# picks it). PostgreSQL locks the candidate, skipping or waiting for other workers' claims, and skips
+# the tasks it found full under the lock.
 NEXT_SQLITE = _available.with_hint(t, "INDEXED BY ix_tasks_queue", "sqlite")
-NEXT_PG_SKIP = _available.with_for_update(skip_locked=True, of=t)
-NEXT_PG_WAIT = _available.with_for_update(of=t)
-TAKEN = select(func.count()).select_from(a).where(a.c.task_id == bindparam("task_id"), a.c.status.in_(ACTIVE))
+_not_skipped = _available.where(t.c.id.not_in(bindparam("skip", expanding=True)))
+NEXT_PG_SKIP = _not_skipped.with_for_update(skip_locked=True, of=t)
+NEXT_PG_WAIT = _not_skipped.with_for_update(of=t)
+TAKEN = select(func.count()).select_from(a).where(a.c.task_id == bindparam("task_id"), _holds_slot)
 LEVELS = select(t.c.priority).where(t.c.status == "open").distinct().order_by(t.c.priority.desc())
 # the labeler's unanswered assignment on an open task, oldest first
 HELD = (select(*TASK_COLUMNS).join(a, a.c.task_id == t.c.id)
@@ -199,11 +203,11 @@ def _lock_candidate(db: Database, s: Session, labeler_id: int, level: float, ski
     savepoint kept in `s.info` for the caller to commit) and re-counted under the lock."""
     conn = s.connection()
     for _ in range(50):
-        params = {"labeler_id": labeler_id, "level": level, "skip": skip}
         if db.sqlite:
-            return conn.execute(NEXT_SQLITE, params).first()
+            return conn.execute(NEXT_SQLITE, {"labeler_id": labeler_id, "level": level}).first()
         savepoint = s.begin_nested()
-        task = conn.execute(NEXT_PG_WAIT if wait else NEXT_PG_SKIP, params).first()
+        task = conn.execute(NEXT_PG_WAIT if wait else NEXT_PG_SKIP,
+                            {"labeler_id": labeler_id, "level": level, "skip": skip}).first()
         if task is None:
             savepoint.rollback()
             return None
