@@ -126,3 +126,35 @@ def test_trend_is_binned_by_kl():
     pts = [(2.0, 5.0), (0.0, 1.0), (4.0, 100.0), (1.0, 3.0), (3.0, 7.0)]  # (sqrt KL, score) in update order
     assert trend(pts, n=2) == ([0.5, 2.5], [2.0, 6.0])  # sorted by KL; the largest, unpaired, is dropped
     assert trend(pts[:1], n=2) == ([], [])
+
+
+def test_overoptimisation_verdict():
+    """Worked by hand with bins of 2: points (sqrt KL, proxy, gold)."""
+    from tether.eval.report import overoptimised
+
+    rising = [(0.0, 0.0, 0.5), (1.0, 0.2, 0.7), (2.0, 0.4, 0.8), (3.0, 0.6, 0.8), (4.0, 0.8, 0.4), (5.0, 1.0, 0.2)]
+    # bins: x 0.5 / 2.5 / 4.5, proxy 0.1 / 0.5 / 0.9, gold 0.6 / 0.8 / 0.3: gold peaks in bin 2 and falls by
+    # 0.5 > 0.1 * 0.8 while the proxy rises 0.5 -> 0.9
+    verdict = overoptimised(rising, n=2)
+    assert verdict == ("gold peaked at 0.800 (sqrt KL 2.50) and fell to 0.300 (sqrt KL 4.50) while the proxy "
+                       "reward rose from 0.500 to 0.900")
+    assert overoptimised(rising[::-1], n=2) == verdict  # binned by KL, not by update order
+    assert overoptimised([(x, r, g + x) for x, r, g in rising], n=2) is None  # gold 0.6 / 1.3 / 4.8 still rising
+    assert overoptimised([(x, -r, g) for x, r, g in rising], n=2) is None  # proxy fell too: not over-optimisation
+    assert overoptimised([(x, r, 0.8 - 0.01 * x) for x, r, _ in rising], n=2) is None  # a 5 % dip is within `drop`
+    assert overoptimised(rising[:3], n=2) is None  # one bin: nothing to compare
+
+
+def test_report_flags_overoptimisation(tmp_path):
+    from tether.eval.report import write_report
+
+    run = tmp_path / "runs" / "grpo-1"
+    run.mkdir(parents=True)
+    gold = [0.7, 0.8, 0.8, 0.75, 0.6, 0.5, 0.4, 0.4, 0.35, 0.35]
+    run.joinpath("metrics.jsonl").write_text("".join(
+        json.dumps({"step": i + 1, "kl": float(i * i), "reward": 0.1 * i, "gold": g}) + "\n" for i, g in enumerate(gold)))
+    html_text = write_report(tmp_path, tmp_path / "report.html").read_text()
+    assert "Over-optimisation in grpo-1" in html_text and "gold peaked at 0.730" in html_text
+    run.joinpath("metrics.jsonl").write_text("".join(  # gold rising with the proxy: no warning
+        json.dumps({"step": i + 1, "kl": float(i * i), "reward": 0.1 * i, "gold": 0.1 * i}) + "\n" for i in range(10)))
+    assert "Over-optimisation in" not in write_report(tmp_path, tmp_path / "report.html").read_text()

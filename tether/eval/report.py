@@ -38,6 +38,7 @@ PANELS = (("proxy reward (reward model)", "reward", "eval_reward"), ("gold score
 CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;vertical-align:top}
 th{background:#f3f3f3}.pair td{width:50%;white-space:pre-wrap;font-size:.9em}.note{color:#666}
+.warn{background:#fff3cd;border-left:4px solid #c90;padding:.4em .8em}
 img{max-width:100%}h2{border-bottom:1px solid #ddd;margin-top:2em}"""
 
 
@@ -140,6 +141,25 @@ def trend(pts: list[tuple[float, float]], n: int = TREND) -> tuple[list[float], 
     return [sum(p[0] for p in g) / n for g in groups], [sum(p[1] for p in g) / n for g in groups]
 
 
+def overoptimised(pts: list[tuple[float, float, float]], n: int = TREND, drop: float = 0.1) -> str | None:
+    """A verdict on one run's (sqrt KL, proxy reward, gold) points, or None: binned by KL as `trend`
+    does, over-optimisation is the gold trend falling from its peak bin to the last bin by more than
+    `drop` of the peak's size while the proxy trend rises over the same span (Gao et al. 2022, Fig. 1)."""
+    pts = sorted(pts)
+    bins = [pts[i:i + n] for i in range(0, len(pts) - n + 1, n)]
+    if len(bins) < 2:
+        return None
+    xs = [sum(p[0] for p in b) / n for b in bins]
+    proxy = [sum(p[1] for p in b) / n for b in bins]
+    gold = [sum(p[2] for p in b) / n for b in bins]
+    peak = max(range(len(gold)), key=gold.__getitem__)
+    fell = gold[peak] - gold[-1]
+    if peak == len(bins) - 1 or fell <= drop * abs(gold[peak]) or proxy[-1] <= proxy[peak]:
+        return None
+    return (f"gold peaked at {gold[peak]:.3f} (sqrt KL {xs[peak]:.2f}) and fell to {gold[-1]:.3f} (sqrt KL "
+            f"{xs[-1]:.2f}) while the proxy reward rose from {proxy[peak]:.3f} to {proxy[-1]:.3f}")
+
+
 def overopt_section(runs: dict[str, list[dict]], evals: list[dict]) -> str:
     """Proxy reward and gold against sqrt(KL): one point per logged update or evaluation."""
     points = []  # (label, kind, sqrt_kl, reward, gold)
@@ -171,8 +191,17 @@ def overopt_section(runs: dict[str, list[dict]], evals: list[dict]) -> str:
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=.3)
         ax.legend(fontsize=6)
-    return (_png(fig) + '<p class="note">Gao et al. 2022: a proxy reward that keeps rising while the gold score '
-            "levels off or falls as the policy moves away from the reference is over-optimisation.</p>")
+    warnings = []
+    for label in dict.fromkeys(p[0] for p in points):
+        verdict = overoptimised([(p[2], p[3], p[4]) for p in points if p[0] == label and p[1] == "update"
+                                 and p[3] is not None and p[4] is not None])
+        if verdict:
+            warnings.append(f'<p class="warn"><b>Over-optimisation in {esc(label)}</b>: {esc(verdict)} (means of '
+                            f"{TREND} updates, binned by KL). The policy is exploiting the reward model: raise the KL "
+                            "coefficient, stop earlier, or retrain the reward model on the policy's new answers.</p>")
+    return (_png(fig) + "".join(warnings) + '<p class="note">Gao et al. 2022: a proxy reward that keeps rising '
+            "while the gold score levels off or falls as the policy moves away from the reference is "
+            "over-optimisation.</p>")
 
 
 def evals_section(evals: list[dict]) -> str:
