@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from tether.errors import TetherError
-from tether.recipes.online import ESTIMATORS, KL_PLACEMENT, OnlineConfig, group_logits, train
-from tether.rollout import pack, response_logits
+from tether.recipes.online import ESTIMATORS, KL_PLACEMENT, OnlineConfig, train
+from tether.rollout import group_logits, pack, response_logits
 
 PROMPTS = ["say a color", "the sky is", "name a color please", "the sea is", "a cat is", "the tree is",
            "say the name", "a dog is"]

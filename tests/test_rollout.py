@@ -134,3 +134,49 @@ def test_frozen_bf16_stores_linear_weights_in_bf16_with_autocast_results_unchang
             expected, got = full(input_ids=x, attention_mask=a).logits, small(input_ids=x, attention_mask=a).logits
         assert torch.equal(expected, got)
         assert frozen(full, cpu, "float32") is full and full.get_input_embeddings().weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize("entropy_grad", [False, True])
+def test_head_logprobs_fused_equals_full_logits(word_model_dir, entropy_grad):
+    """PPO's training forward: log-probs (logits / temperature) and entropy from the chunked head equal
+    those from the full (B, T, V) logits, and so do the gradients of a loss on them. entropy_grad=True
+    takes the full-logits path itself (an entropy bonus needs the entropy's gradient); `raw` adds the
+    log-probs under the raw logits (the old log-probs GRPO defers to its training forward)."""
+    from transformers import AutoModelForCausalLM
+
+    from tether.algos.losses import entropy_from_logits, logprobs_from_logits
+    from tether.rollout import head_logprobs, plain_head, response_hidden
+
+    model = AutoModelForCausalLM.from_pretrained(word_model_dir).eval()
+    assert plain_head(model) is not None
+    torch.manual_seed(0)
+    ids = torch.randint(3, model.config.vocab_size, (3, 9))
+    attn = torch.ones_like(ids)
+    attn[0, :2] = 0  # a left-padded prompt
+    width, targets = 4, ids[:, 4:]
+    weights = torch.randn(targets.shape)
+    raws = []
+
+    def run(fused: bool):
+        model.zero_grad()
+        hidden = response_hidden(model, ids, attn, width)  # (B, T, D)
+        if fused:
+            lp, ent, raw = head_logprobs(model, hidden, targets, temperature=0.7, entropy_grad=entropy_grad, raw=True)
+            raws.append(raw)
+        else:
+            logits = model.get_output_embeddings()(hidden).float() / 0.7
+            lp, ent = logprobs_from_logits(logits, targets), entropy_from_logits(logits)
+        ((lp * weights).sum() + (0.1 * ent.sum() if entropy_grad else 0)).backward()
+        return lp.detach(), ent.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    lp, ent, grads = run(True)
+    lp_full, ent_full, grads_full = run(False)
+    torch.testing.assert_close(lp, lp_full, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # raw=True: the log-probs under the raw logits (temperature 1), no gradient
+        logits = model.get_output_embeddings()(response_hidden(model, ids, attn, width)).float()
+    assert not raws[0].requires_grad
+    torch.testing.assert_close(raws[0], logprobs_from_logits(logits, targets), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ent, ent_full, atol=1e-5, rtol=1e-5)
+    assert len(grads) == len(grads_full) > 0
+    for a, b in zip(grads, grads_full):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

@@ -10,6 +10,7 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
+from tether.algos.losses import LinearNLL
 from tether.commands.sft import sft as sft_command
 from tether.errors import TetherError
 from tether.models import LoraSettings, encode_prompt, load_model, load_policy
@@ -100,7 +101,7 @@ def test_fused_output_layer_matches_autograd():
     h = torch.randn(10, 8, requires_grad=True)
     w = torch.randn(50, 8, requires_grad=True)
     y = torch.randint(0, 50, (10,))
-    total, per_token = sft._LinearNLL.apply(h, w, y, 3)  # chunks of 3 tokens
+    total, per_token = LinearNLL.apply(h, w, y, 3)  # chunks of 3 tokens
     (2 * total).backward()
     h2, w2 = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
     ref = F.cross_entropy(h2 @ w2.t(), y, reduction="none")

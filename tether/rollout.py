@@ -10,6 +10,7 @@ exactly what was generated: nothing marks it as finished (a reward model must be
 from __future__ import annotations
 
 import copy
+import inspect
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -181,18 +182,71 @@ def generate(model, tokenizer, prompts: list[tuple[object, list[int]]], *, tempe
         yield batch
 
 
-def response_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, width: int):
-    """Logits (B, T, V) for the response tokens at columns width.. and the hidden states (B, T, D) that
-    predict them (column t - 1 predicts token t). The output layer runs on response positions only.
-    Position ids come from the attention mask, so left-padded prompts shift nothing."""
+def response_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, width: int) -> torch.Tensor:
+    """The final hidden states (B, T, D) that predict the response tokens at columns width.. (column
+    t - 1 predicts token t). Position ids come from the attention mask, so left-padded prompts shift
+    nothing."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft -> HF model
     backbone = getattr(inner, inner.base_model_prefix)
     positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)  # (B, P + T)
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
                       use_cache=False).last_hidden_state  # (B, P + T, D)
-    hidden = hidden[:, width - 1:-1].contiguous()  # (B, T, D); a strided slice makes torch's linear
+    return hidden[:, width - 1:-1].contiguous()  # (B, T, D); a strided slice makes torch's linear
     # broadcast the (V, D) head over the batch (a copy per row): 30 % slower in float32, ~10x in bfloat16
+
+
+def response_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, width: int):
+    """Logits (B, T, V) for the response tokens at columns width.. and the hidden states (B, T, D) that
+    predict them. The output layer runs on response positions only."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = response_hidden(model, input_ids, attention_mask, width)
     return inner.get_output_embeddings()(hidden), hidden
+
+
+# config fields by which a model scales or caps its logits after the output layer
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
+                    "logits_scaling")
+
+
+def plain_head(model) -> torch.Tensor | None:
+    """The output layer's weight (V, D) when logits are exactly hidden @ weight.T (a linear layer without
+    bias, no scaling or capping after it), else None."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head, cfg = inner.get_output_embeddings(), inner.config.get_text_config()
+    if type(head) is torch.nn.Linear and head.bias is None and all(getattr(cfg, k, None) is None
+                                                                    for k in LOGIT_TRANSFORMS):
+        return head.weight
+    return None
+
+
+def head_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                  entropy_grad: bool = False, raw: bool = False):
+    """(log-probs of `targets` (B, T) under logits / temperature, float32 with gradient; entropy of
+    that distribution (B, T), float32; with `raw`, the targets' log-probs under the raw logits (B, T),
+    without gradient, else None) from the hidden states (B, T, D) that predict the targets.
+
+    With a plain linear head the (B, T, V) logits never exist whole (`logprobs_from_hidden`, chunks
+    recomputed in backward; (h / temperature) W^T = (h W^T) / temperature), and the entropy, for
+    logging, comes from the same chunks without gradient. Other heads, or `entropy_grad` (an entropy bonus), go through the
+    full logits."""
+    from tether.algos.losses import entropy_from_logits, logprobs_from_hidden, logprobs_from_logits
+
+    weight = plain_head(model)
+    if weight is not None and not entropy_grad:
+        h = (hidden / temperature).flatten(0, 1)  # (B * T, D)
+        lp, ent = logprobs_from_hidden(h, weight, targets.flatten(), with_entropy=True)  # (B * T,) each
+        lp, ent = lp.view(targets.shape), ent.view(targets.shape)  # (B, T)
+        if raw:
+            with torch.no_grad():
+                raw = logprobs_from_hidden(hidden.detach().flatten(0, 1), weight.detach(),
+                                           targets.flatten()).view(targets.shape)  # (B, T)
+        return lp, ent, raw if raw is not False else None
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    logits = inner.get_output_embeddings()(hidden).float()  # (B, T, V)
+    scaled = logits / temperature
+    return (logprobs_from_logits(scaled, targets, ignore_index=None),
+            entropy_from_logits(scaled if entropy_grad else scaled.detach()),
+            logprobs_from_logits(logits.detach(), targets, ignore_index=None) if raw else None)
 
 
 def pack(prompt_ids: list[list[int]], responses: list[list[int]], pad: int):
@@ -206,3 +260,46 @@ def pack(prompt_ids: list[list[int]], responses: list[list[int]], pad: int):
         input_ids[i, P - len(p):P], attention[i, P - len(p):P] = torch.tensor(p), 1
         input_ids[i, P:P + len(r)], attention[i, P:P + len(r)], mask[i, :len(r)] = torch.tensor(r, dtype=torch.long), 1, True
     return input_ids, attention, mask
+
+
+def group_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, width: int, k: int) -> torch.Tensor:
+    """`response_hidden` (B, T, D) for rows in groups of k that share their prompt: each prompt runs once
+    and its keys/values serve its k responses (gradients flow back through them), which saves (k-1)/k
+    of the prompt's forward and backward. Equal to response_hidden up to float rounding."""
+    if k == 1:
+        return response_hidden(model, input_ids, attention_mask, width)
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft -> HF model
+    backbone = getattr(inner, inner.base_model_prefix)
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)  # (B, P + T)
+    head = backbone(input_ids=input_ids[::k, :width], attention_mask=attention_mask[::k, :width],
+                    position_ids=positions[::k, :width], use_cache=True)  # B / k prompts
+    cache = head.past_key_values
+    cache.batch_repeat_interleave(k)  # (B / k, ...) -> (B, ...), differentiable
+    name = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"  # renamed in 5.x
+    hidden = backbone(input_ids=input_ids[:, width:], attention_mask=attention_mask, position_ids=positions[:, width:],
+                      use_cache=True, **{name: cache}).last_hidden_state  # (B, T, D)
+    first = head.last_hidden_state[:, -1:].repeat_interleave(k, 0)  # (B, 1, D) predicts response token 0
+    return torch.cat([first, hidden[:, :-1]], 1)  # (B, T, D)
+
+
+def group_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, width: int, k: int) -> torch.Tensor:
+    """`response_logits` (B, T, V) through `group_hidden` (each shared prompt computed once)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inner.get_output_embeddings()(group_hidden(model, input_ids, attention_mask, width, k))
+
+
+class ResponseLogits(torch.nn.Module):
+    """The policy behind one forward, so DDP/FSDP wrap the call that trains: response logits (B, T, V), or,
+    given the response `targets` (B, T), `head_logprobs`' (log-probs under logits / temperature, entropy,
+    raw log-probs or None), which never hold the (B, T, V) logits whole."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, width: int, k: int = 1, targets=None, temperature: float = 1.0,
+                raw: bool = False):
+        if targets is None:
+            return group_logits(self.model, input_ids, attention_mask, width, k)
+        hidden = group_hidden(self.model, input_ids, attention_mask, width, k)  # (B, T, D)
+        return head_logprobs(self.model, hidden, targets, temperature, raw=raw)

@@ -84,3 +84,40 @@ def test_logprobs_from_hidden_equals_full_logits_chunk_by_chunk():
     torch.testing.assert_close(logprobs_from_hidden(h, w, y, chunk=3), expected.detach())
     torch.testing.assert_close(grads[0], h.grad)
     torch.testing.assert_close(grads[1], w.grad)
+
+
+def test_entropy_from_hidden_by_hand():
+    """h = 1, W = [[1], [0]]: logits (1, 0), p = (0.731059, 0.268941);
+      H = -(0.731059 ln 0.731059 + 0.268941 ln 0.268941) = 0.731059 * 0.313262 + 0.268941 * 1.313262
+        = 0.229013 + 0.353190 = 0.582203."""
+    from tether.algos.losses import entropy_from_hidden
+
+    out = entropy_from_hidden(t([[1.0], [0.0]]), t([[1.0], [0.0]]), chunk=1)  # second row: uniform, ln 2
+    torch.testing.assert_close(out, t([0.582203, 0.693147]), atol=1e-6, rtol=0)
+
+
+def test_logprobs_from_hidden_under_bf16_autocast_follows_autocast():
+    """Under bf16 autocast the chunked head's matmuls run in bf16, in backward too: values and gradients
+    match those of the full logits computed under the same autocast (bf16 matmuls), closer than to
+    float32's."""
+    from tether.algos.losses import entropy_from_hidden, entropy_from_logits
+
+    torch.manual_seed(0)
+    h = torch.randn(37, 64, requires_grad=True)
+    w = (torch.randn(300, 64) / 8).requires_grad_()
+    y, g = torch.randint(300, (37,)), torch.randn(37)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = logprobs_from_hidden(h, w, y, chunk=16)
+        ent = entropy_from_hidden(h, w, chunk=16)
+    (out * g).sum().backward()
+    grads = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = h @ w.T  # (37, 300) bf16
+    expected = logprobs_from_logits(logits.float()[None], y[None])[0]
+    (expected * g).sum().backward()
+    assert out.dtype == torch.float32 and grads[1].dtype == torch.float32
+    torch.testing.assert_close(out, expected.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ent, entropy_from_logits(logits.float()[None].detach())[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads[0], h.grad, atol=2e-2, rtol=2e-2)  # bf16 products, summed in other orders
+    torch.testing.assert_close(grads[1], w.grad, atol=2e-2, rtol=2e-2)

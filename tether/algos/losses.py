@@ -245,48 +245,115 @@ def sequence_logprobs(
 
 
 class _LogprobsFromHidden(torch.autograd.Function):
-    """log softmax(H W^T)[y] in chunks of tokens; backward recomputes each chunk's logits."""
+    """log softmax(H W^T)[y] in chunks of tokens, and optionally each row's entropy (no gradient) from
+    the same logits; backward recomputes each chunk's logits."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk):  # (N, D), (V, D), (N,) -> (N,)
+    def forward(ctx, hidden, weight, targets, chunk, with_entropy):  # (N, D), (V, D), (N,) -> (N,), (N,) | None
+        # the matmuls run in autocast's dtype when it is on, in backward too (which runs outside autocast)
+        dev = hidden.device.type
+        cd = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else torch.promote_types(
+            hidden.dtype, weight.dtype)
         out = hidden.new_empty(hidden.shape[0], dtype=torch.float32)
+        lse = hidden.new_empty(hidden.shape[0], dtype=torch.float32)
+        ent = hidden.new_empty(hidden.shape[0], dtype=torch.float32) if with_entropy else None
+        w = weight.to(cd)  # (V, D)
         for s in range(0, hidden.shape[0], chunk):
-            z = (hidden[s:s + chunk] @ weight.T).float()  # (n, V)
-            out[s:s + chunk] = z.gather(-1, targets[s:s + chunk, None])[:, 0] - torch.logsumexp(z, dim=-1)
-        ctx.save_for_backward(hidden, weight, targets)
-        ctx.chunk = chunk
-        return out
+            z = (hidden[s:s + chunk].to(cd) @ w.T).float()  # (n, V)
+            lse[s:s + chunk] = torch.logsumexp(z, dim=-1)
+            out[s:s + chunk] = z.gather(-1, targets[s:s + chunk, None])[:, 0] - lse[s:s + chunk]
+            if ent is not None:  # H = lse(z) - sum_v p_v z_v
+                ent[s:s + chunk] = lse[s:s + chunk] - (z - lse[s:s + chunk, None]).exp_().mul_(z).sum(-1)
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.chunk, ctx.cd = chunk, cd
+        if ent is None:
+            return out
+        ctx.mark_non_differentiable(ent)
+        return out, ent
 
     @staticmethod
-    def backward(ctx, grad):  # (N,): d loss / d logp_t
-        hidden, weight, targets = ctx.saved_tensors
+    def backward(ctx, grad, *_):  # (N,): d loss / d logp_t
+        hidden, weight, targets, lse = ctx.saved_tensors
         want_h, want_w = ctx.needs_input_grad[:2]
+        cd, w = ctx.cd, weight.to(ctx.cd)  # (V, D)
         grad_h = torch.zeros_like(hidden) if want_h else None
-        grad_w = torch.zeros_like(weight) if want_w else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
         for s in range(0, hidden.shape[0], ctx.chunk):
-            h, y, g = hidden[s:s + ctx.chunk], targets[s:s + ctx.chunk], grad[s:s + ctx.chunk, None]
-            dz = torch.softmax((h @ weight.T).float(), dim=-1).mul_(-g)  # (n, V): g * (onehot(y) - p)
+            h, y, g = hidden[s:s + ctx.chunk].to(cd), targets[s:s + ctx.chunk], grad[s:s + ctx.chunk, None].float()
+            # p = exp(z - lse) with the forward's lse; dz = g * (onehot(y) - p)   (n, V)
+            dz = (h @ w.T).float().sub_(lse[s:s + ctx.chunk, None]).exp_().mul_(-g)
             dz.scatter_add_(-1, y[:, None], g)
-            dz = dz.to(weight.dtype)
+            dz = dz.to(cd)
             if want_h:
-                grad_h[s:s + ctx.chunk] = dz @ weight  # (n, D)
+                grad_h[s:s + ctx.chunk] = dz @ w  # (n, D)
             if want_w:
-                grad_w.addmm_(dz.T, h)  # (V, D)
-        return grad_h, grad_w, None, None
+                grad_w.addmm_(dz.T, h) if cd == torch.float32 else grad_w.add_(dz.T @ h)  # (V, D)
+        return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None, None
 
 
 def logprobs_from_hidden(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         chunk: int = 256) -> torch.Tensor:
-    """log softmax(h_t W^T)[y_t] for every row: ``(N, D)``, ``(V, D)``, ``(N,)`` -> ``(N,)`` float32.
+                         chunk: int = 256, with_entropy: bool = False):
+    """log softmax(h_t W^T)[y_t] for every row: ``(N, D)``, ``(V, D)``, ``(N,)`` -> ``(N,)`` float32;
+    with ``with_entropy``, also the entropy of each row's distribution ``(N,)``, float32, without gradient
+    (from the same chunk of logits: no second pass).
 
     The same value and gradients as ``logprobs_from_logits(hidden @ weight.T, targets)`` for an LM head
     without bias, but the ``(N, V)`` logits never exist at once: forward and backward work on ``chunk``
     rows at a time and backward recomputes their logits (one more head matmul, in exchange for not
     keeping N x V floats for backward, the largest activation of a small-model forward). Gradient:
     d log p(y_t) / d z_t = onehot(y_t) - softmax(z_t), so dL/dh_t = g_t (W[y_t] - p_t W) and
-    dL/dW = sum_t g_t (onehot(y_t) - p_t)^T h_t, with g_t = dL / d log p(y_t).
+    dL/dW = sum_t g_t (onehot(y_t) - p_t)^T h_t, with g_t = dL / d log p(y_t). Under autocast the
+    matmuls run in its dtype, in backward as well.
     """
-    return _LogprobsFromHidden.apply(hidden, weight, targets, chunk)
+    return _LogprobsFromHidden.apply(hidden, weight, targets, chunk, with_entropy)
 
 
-__all__ += ["logprobs_from_hidden"]
+@torch.no_grad()
+def entropy_from_hidden(hidden: torch.Tensor, weight: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """Entropy of softmax(h_t W^T) for every row: ``(N, D)``, ``(V, D)`` -> ``(N,)`` float32, no gradient:
+    ``entropy_from_logits(hidden @ weight.T)`` with ``chunk`` rows of logits at a time."""
+    targets = torch.zeros(hidden.shape[0], dtype=torch.long, device=hidden.device)
+    return _LogprobsFromHidden.apply(hidden, weight, targets, chunk, True)[1]
+
+
+__all__ += ["logprobs_from_hidden", "entropy_from_hidden"]
+
+
+class LinearNLL(torch.autograd.Function):
+    """Σ_i -log softmax(h_i Wᵀ)[y_i] and the per-token terms, in chunks of tokens (fused linear
+    cross-entropy): one chunk's (C, V) logits exist at a time, and the gradients w.r.t. h and W are
+    formed in the same pass, d/dz = softmax(z) - onehot(y), so backward only scales them."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk: int):
+        dev = hidden.device.type
+        cd = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else hidden.dtype
+        w = weight.to(cd)  # (V, H)
+        per_token = torch.empty(len(targets), dtype=torch.float32, device=hidden.device)  # (M,)
+        g_h = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if ctx.needs_input_grad[0] else None
+        g_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] else None
+        for s in range(0, len(targets), chunk):
+            h, y = hidden[s:s + chunk].to(cd), targets[s:s + chunk]  # (C, H), (C,)
+            z = (h @ w.t()).float()  # (C, V)
+            lse = torch.logsumexp(z, dim=-1)  # (C,)
+            per_token[s:s + chunk] = lse - z.gather(1, y[:, None]).squeeze(1)
+            if g_h is None and g_w is None:
+                continue
+            z.sub_(lse[:, None]).exp_()
+            z[torch.arange(len(y)), y] -= 1.0
+            dz = z.to(cd)  # (C, V)
+            if g_h is not None:
+                g_h[s:s + chunk] = dz @ w
+            if g_w is not None:
+                g_w.addmm_(dz.t(), h) if cd == torch.float32 else g_w.add_(dz.t() @ h)
+        ctx.save_for_backward(g_h, g_w)
+        ctx.dtypes = hidden.dtype, weight.dtype
+        ctx.mark_non_differentiable(per_token)
+        ctx.set_materialize_grads(False)
+        return per_token.sum(), per_token
+
+    @staticmethod
+    def backward(ctx, grad_sum, _):
+        g_h, g_w = ctx.saved_tensors
+        scale = (lambda g, dt: None if g is None or grad_sum is None else (g * grad_sum).to(dt))
+        return scale(g_h, ctx.dtypes[0]), scale(g_w, ctx.dtypes[1]), None, None

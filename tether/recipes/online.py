@@ -34,7 +34,8 @@ averaged over the policy's own samples: `kl` (k1) and `kl_k3`. A response cut of
 KV-cached decoding (float32; `rollout.generate(with_states=True)`), so an update costs one reference
 pass and one training forward/backward (TRL's RLOOTrainer adds a no-grad policy pass); and with one
 optimizer step per batch (the defaults) micro-batches hold whole groups, in order, whose prompt runs
-once for its k responses (`group_logits`).
+once for its k responses (`rollout.group_hidden`). The training forward never holds the (B, T, V) logits
+whole (`rollout.head_logprobs`).
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import inspect
 import json
 import math
 import shutil
@@ -56,14 +56,14 @@ from tether import models, reward, rollout, rollout_vllm
 from tether.algos.advantages import grpo_advantages, masked_mean, rloo_advantages
 from tether.algos.kl import kl_k3
 from tether.algos.offpolicy import truncated_importance_weights
-from tether.algos.losses import entropy_from_logits, logprobs_from_logits, ppo_policy_loss
+from tether.algos.losses import logprobs_from_logits, ppo_policy_loss
 from tether.errors import TetherError
 from tether.models import prompt_text
 from tether.recipes.common import (GoldFn, MetricsLog, Prompt, RewardFn, accelerate_broadcast, accumulating, all_sum,
                                    frozen, gather_cpu, grad_norm_value, load_checkpoint_state, make_accelerator, prompt_order,
                                    save_checkpoint, training_attention)
 from tether.recipes.ppo import trim
-from tether.rollout import pack, response_logits
+from tether.rollout import ResponseLogits, group_logits, pack
 
 ESTIMATORS = {"rloo": rloo_advantages, "grpo": grpo_advantages}  # name -> f(rewards (B,), k) -> (B,)
 KL_PLACEMENT = {"rloo": "reward", "grpo": "loss"}  # each paper's default
@@ -142,37 +142,6 @@ class Samples:
         k1 = torch.where(self.mask, self.raw_logprobs - self.ref_raw_logprobs, 0.0).sum(-1)
         k3 = torch.where(self.mask, kl_k3(self.raw_logprobs, self.ref_raw_logprobs), 0.0).sum(-1)
         return k1, k3
-
-
-def group_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, width: int, k: int) -> torch.Tensor:
-    """`response_logits` (B, T, V) for rows in groups of k that share their prompt: each prompt runs once
-    and its keys/values serve its k responses (gradients flow back through them), which saves (k-1)/k
-    of the prompt's forward and backward. Equal to response_logits up to float rounding."""
-    if k == 1:
-        return response_logits(model, input_ids, attention_mask, width)[0]
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft -> HF model
-    backbone = getattr(inner, inner.base_model_prefix)
-    positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)  # (B, P + T)
-    head = backbone(input_ids=input_ids[::k, :width], attention_mask=attention_mask[::k, :width],
-                    position_ids=positions[::k, :width], use_cache=True)  # B / k prompts
-    cache = head.past_key_values
-    cache.batch_repeat_interleave(k)  # (B / k, ...) -> (B, ...), differentiable
-    name = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"  # renamed in 5.x
-    hidden = backbone(input_ids=input_ids[:, width:], attention_mask=attention_mask, position_ids=positions[:, width:],
-                      use_cache=True, **{name: cache}).last_hidden_state  # (B, T, D)
-    first = head.last_hidden_state[:, -1:].repeat_interleave(k, 0)  # (B, 1, D) predicts response token 0
-    return inner.get_output_embeddings()(torch.cat([first, hidden[:, :-1]], 1))  # (B, T, V)
-
-
-class ResponseLogits(torch.nn.Module):
-    """The policy behind one forward returning response logits (B, T, V), so DDP/FSDP wrap the call that trains."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask, width: int, k: int = 1):
-        return group_logits(self.model, input_ids, attention_mask, width, k)
 
 
 def check(cfg: OnlineConfig) -> str:
@@ -406,14 +375,14 @@ def train(cfg: OnlineConfig, prompts: list[Prompt], reward_fn: RewardFn | None =
                 for i_micro, micro in enumerate(micros):
                     with accumulating(accelerator, policy, i_micro == len(micros) - 1):  # one all-reduce per step
                         x, a, width, t = trim(ro, micro)
-                        logits = policy(x.to(device), a.to(device), width, cfg.k if one_step else 1).float()  # (b, t, V)
                         y = ro.input_ids[micro, ro.width:ro.width + t].to(device)  # (b, t)
                         m = ro.mask[micro, :t].to(device)  # (b, t)
-                        scaled = logits / cfg.temperature  # (b, t, V)
-                        new_lp = logprobs_from_logits(scaled, y)  # (b, t)
+                        new_lp, ent, raw_lp = policy(x.to(device), a.to(device), width, cfg.k if one_step else 1,
+                                                     targets=y, temperature=cfg.temperature,
+                                                     raw=defer_logprobs)  # (b, t) each
                         if defer_logprobs:  # the policy before this batch's one step is this forward's own
                             ro.logprobs[micro, :t] = new_lp.detach().float().cpu()
-                            ro.raw_logprobs[micro, :t] = logprobs_from_logits(logits.detach(), y).cpu()
+                            ro.raw_logprobs[micro, :t] = raw_lp.cpu()
                         adv = advantages[micro].to(device).unsqueeze(1) * w[micro, :t].to(device)  # (b, t) broadcast
                         pg, pg_stats = ppo_policy_loss(new_lp, ro.logprobs[micro, :t].to(device), adv, m,
                                                        cfg.clip_eps)  # token mean over the micro-batch
@@ -423,7 +392,7 @@ def train(cfg: OnlineConfig, prompts: list[Prompt], reward_fn: RewardFn | None =
                         k3 = masked_mean(kl_k3(lp_m, ref_m), m)  # () GRPO eq. 4, logits / temperature
                         loss = (pg + cfg.beta * k3 if kl_in == "loss" else pg) * share  # GRPO eq. 3: + beta * D_KL
                         accelerator.backward(loss * world)  # DDP averages over processes
-                    entropy = masked_mean(entropy_from_logits(scaled.detach()), m)
+                    entropy = masked_mean(ent, m)
                     for k, v in [("policy_loss", pg), ("kl_loss", k3), ("entropy", entropy)] + list(pg_stats.items()):
                         stats[k] = stats.get(k, 0.0) + float(v.detach()) * float(share) / len(steps)
                 grad_norm = accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)

@@ -17,7 +17,9 @@ in the RM by `tether rm`). How this departs from InstructGPT:
   the RM: one forward and backward per minibatch instead of two. (OpenAI's lm-human-preferences
   used the same shared layout.)
 - Logits are computed only for the response positions (the prompt's are never needed), and
-  rollout forwards run in minibatches, so peak memory stays at one minibatch of (B, T, V) logits.
+  rollout forwards run in minibatches, so peak memory stays at one minibatch of (B, T, V) logits. In
+  the training step they are never held whole: log-probs come from the hidden states through a
+  chunked output layer whose chunks are recomputed in backward (`rollout.head_logprobs`).
 - The "old" log-probs and values are read off the KV-cached decoding (float32; with bf16 autocast
   they are recomputed): the rollout's only extra forward pass is the reference's.
 - With LoRA, the reference is the same model with its adapters disabled: no second copy in memory.
@@ -47,11 +49,11 @@ import torch
 
 from tether import models, reward, rollout, rollout_vllm
 from tether.models import prompt_text
-from tether.rollout import pack, response_logits
+from tether.rollout import head_logprobs, pack, response_hidden, response_logits
 from tether.algos.advantages import gae, kl_penalty_rewards, masked_mean
 from tether.algos.kl import AdaptiveKLController, FixedKLController, kl_k3
 from tether.algos.offpolicy import truncated_importance_weights
-from tether.algos.losses import entropy_from_logits, logprobs_from_logits, ppo_policy_loss, value_loss
+from tether.algos.losses import logprobs_from_logits, ppo_policy_loss, value_loss
 from tether.errors import TetherError
 from tether.recipes.common import (GoldFn, MetricsLog, Prompt, RewardFn, accelerate_broadcast, all_sum, gather_cpu,
                                    frozen, grad_norm_value, load_checkpoint_state, make_accelerator, masked_moments,
@@ -146,9 +148,17 @@ class PolicyWithValue(torch.nn.Module):
         torch.nn.init.zeros_(self.value_head.weight)  # Huang et al. 2022: value head starts at 0
         torch.nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, input_ids, attention_mask, width: int):
-        logits, hidden = response_logits(self.model, input_ids, attention_mask, width)
-        return logits, self.value_head(hidden).squeeze(-1).float()  # (B, T, V), (B, T)
+    def forward(self, input_ids, attention_mask, width: int, targets=None, temperature: float = 1.0,
+                entropy_grad: bool = False):
+        """(logits (B, T, V), values (B, T)); with the response `targets` (B, T), for training, (their
+        log-probs under logits / temperature (B, T), entropy (B, T), values (B, T)) through
+        `rollout.head_logprobs`, which never holds the (B, T, V) logits whole."""
+        hidden = response_hidden(self.model, input_ids, attention_mask, width)  # (B, T, D)
+        values = self.value_head(hidden).squeeze(-1).float()  # (B, T)
+        if targets is None:
+            inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+            return inner.get_output_embeddings()(hidden), values
+        return *head_logprobs(self.model, hidden, targets, temperature, entropy_grad)[:2], values
 
 
 def trim(ro: Rollout, idx: torch.Tensor):
@@ -366,15 +376,15 @@ def train(cfg: PPOConfig, prompts: list[Prompt], reward_fn: RewardFn | None = No
             for j, mb in enumerate(mbs):
                 share = float(local[str(j)]) / max(glob[str(j)], 1.0)  # token means -> over the global minibatch
                 x, a, width, t = trim(ro, mb)
-                logits, values = policy(x.to(device), a.to(device), width)  # (b, t, V), (b, t)
-                logits = logits.float() / cfg.temperature
                 m = ro.mask[mb, :t].to(device)
-                new_lp = logprobs_from_logits(logits, ro.input_ids[mb, ro.width:ro.width + t].to(device))
+                new_lp, ent, values = policy(x.to(device), a.to(device), width,  # (b, t) each
+                                             targets=ro.input_ids[mb, ro.width:ro.width + t].to(device),
+                                             temperature=cfg.temperature, entropy_grad=bool(cfg.ent_coef))
                 pg, pg_stats = ppo_policy_loss(new_lp, ro.logprobs[mb, :t].to(device),
                                                advantages[mb, :t].to(device), m, cfg.clip_eps)
                 vf, vf_stats = value_loss(values, ro.values[mb, :t].to(device), returns[mb, :t].to(device), m,
                                           cfg.vf_clip)
-                entropy = masked_mean(entropy_from_logits(logits if cfg.ent_coef else logits.detach()), m)
+                entropy = masked_mean(ent, m)
                 loss = pg + cfg.vf_coef * vf - cfg.ent_coef * entropy
                 accelerator.backward(loss * (share * world))  # DDP averages over processes
                 grad_norm = accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)

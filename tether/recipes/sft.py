@@ -16,9 +16,11 @@ token so the model learns to stop. How it departs, to run fast on CPUs:
   (tests/test_sft.py checks it against separate forwards). Rows of about `pack_length` tokens keep the
   dense masked attention cheap; the only padding left is at the end of the shorter rows. On the bundled
   model and bench/sft.py's demonstrations (batch 8), one packed row cost 0.67x the CPU time of one padded
-  row per demonstration. `packing=False` gives each demonstration its own (padded) row.
+  row per demonstration. `packing=False` gives each demonstration its own (padded) row. (The packing
+  lives in tether/recipes/packing.py.)
 - Only answer positions reach the output layer (49k-word vocabulary: the largest single matmul of a
-  small model), through a chunked fused linear cross-entropy (as in Liger Kernel, Hsu et al. 2024):
+  small model), through a chunked fused linear cross-entropy (as in Liger Kernel, Hsu et al. 2024;
+  `tether.algos.losses.LinearNLL`):
   the logits of one chunk exist at a time and the gradients are formed in the same pass.
 - The loss is the mean over all answer tokens of an optimizer step (every micro-batch and process),
   so batch 8 x accumulation 1 and batch 1 x accumulation 8 give the same step.
@@ -39,8 +41,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from tether.algos.losses import LinearNLL
 from tether.errors import TetherError
 from tether.models import BUNDLED, LoraSettings, encode_prompt
+from tether.recipes.packing import pack, shared_prefix
 
 
 @dataclass
@@ -94,11 +98,6 @@ class SFTResult:
 
 # --- demonstrations -> tokens ------------------------------------------------------------------
 
-def _shared(a: list[int], b: list[int]) -> int:
-    """Length of the common prefix of two token lists."""
-    return next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-
-
 def as_demonstration(item, index: int) -> Demonstration:
     """A Demonstration from itself, a list of messages ending with the assistant's answer, or a
     {"messages": [...]} row; a TetherError names the demonstration otherwise."""
@@ -139,122 +138,14 @@ def encode_demonstration(tok, demo: Demonstration, max_length: int, stop_ids: se
         ids = tok(text, add_special_tokens=False).input_ids
         if prompt[:1] == [tok.bos_token_id] and ids[:1] != prompt[:1]:
             ids = prompt[:1] + ids
-        k = _shared(prompt, ids)
+        k = shared_prefix(prompt, ids)
         ends = [j for j in range(k, len(ids)) if ids[j] in stop]
         ids = ids[:ends[-1] + 1] if ends else ids + [tok.eos_token_id]
     labels = [-100] * k + ids[k:]
     return ids[:max_length], labels[:max_length], len(ids) > max_length
 
 
-# --- packing -----------------------------------------------------------------------------------
-
-@dataclass
-class Packed:
-    input_ids: torch.Tensor  # (R, L)
-    position_ids: torch.Tensor  # (R, L) depth of each token in its demonstration(s)
-    mask: torch.Tensor  # (R, 1, L, L) bool: query token may attend to key token
-    rows: torch.Tensor  # (M,) row of the hidden state that predicts each answer token
-    cols: torch.Tensor  # (M,) its column
-    targets: torch.Tensor  # (M,) the answer tokens
-    owners: torch.Tensor  # (M,) which of the packed pairs each target belongs to
-    tokens: int  # tokens of the demonstrations as given (before sharing)
-
-    def inputs(self) -> tuple[torch.Tensor, ...]:
-        return self.input_ids, self.position_ids, self.mask, self.rows, self.cols, self.targets
-
-
-def pack(encoded: list[tuple[list[int], list[int]]], pad_id: int, capacity: int | None = 1024) -> Packed:
-    """Pack (ids, labels) pairs into rows of at most ~`capacity` tokens, sharing common prefixes.
-
-    The pairs are sorted so that shared prefixes are adjacent, split into contiguous runs of about
-    equal cost (tokens not shared with the previous pair), and each run becomes one row: a trie whose
-    nodes are tokens, laid out parents first. Token i attends to token j iff j is on i's path from the
-    root; its position id is its depth. Answer token t of a pair is predicted by the node of its
-    token t-1, so a shared node can predict different targets for different pairs. `capacity=None`:
-    one pair per row, right-padded (plain batching). Pads attend only to themselves.
-    """
-    order = sorted(range(len(encoded)), key=lambda i: encoded[i][0])
-    runs = [[i] for i in order]
-    if capacity is not None:
-        cost = [len(encoded[i][0]) - _shared(encoded[j][0], encoded[i][0]) if j is not None else len(encoded[i][0])
-                for j, i in zip([None] + order, order)]
-        n_rows = math.ceil(sum(cost) / max(capacity, max(len(ids) for ids, _ in encoded)))
-        runs, done = [[] for _ in range(n_rows)], 0
-        for i, c in zip(order, cost):  # a pair goes to the row its middle falls in
-            runs[min(n_rows - 1, int((done + c / 2) * n_rows / sum(cost)))].append(i)
-            done += c
-        runs = [r for r in runs if r]
-    tries = []  # per row: (tokens, depths, [(pair, path of node indices)])
-    for run in runs:
-        toks, depth, children, paths = [], [], {}, []
-        for i in run:
-            path = []
-            for d, t in enumerate(encoded[i][0]):
-                node = children.setdefault((path[-1] if path else -1, t), len(toks))
-                if node == len(toks):  # a new node
-                    toks.append(t)
-                    depth.append(d)
-                path.append(node)
-            paths.append((i, path))
-        tries.append((toks, depth, paths))
-    width = max(len(toks) for toks, _, _ in tries)
-    input_ids = torch.full((len(runs), width), pad_id, dtype=torch.long)  # (R, L)
-    position_ids = torch.zeros((len(runs), width), dtype=torch.long)  # (R, L)
-    mask = torch.eye(width, dtype=torch.bool).repeat(len(runs), 1, 1, 1)  # (R, 1, L, L)
-    causal = torch.ones((width, width), dtype=torch.bool).tril()
-    found = []  # (row, column, target, pair)
-    for r, (toks, depth, paths) in enumerate(tries):
-        input_ids[r, :len(toks)] = torch.tensor(toks)
-        position_ids[r, :len(toks)] = torch.tensor(depth)
-        for i, path in paths:
-            p = torch.tensor(path)
-            mask[r, 0, p[:, None], p[None, :]] |= causal[:len(p), :len(p)]
-            found += [(r, path[t - 1], y, i) for t, y in enumerate(encoded[i][1]) if y != -100 and t > 0]
-    rows, cols, targets, owners = torch.tensor(found, dtype=torch.long).reshape(-1, 4).unbind(1)  # (M,) each
-    return Packed(input_ids, position_ids, mask, rows, cols, targets, owners, sum(len(ids) for ids, _ in encoded))
-
-
 # --- loss --------------------------------------------------------------------------------------
-
-class _LinearNLL(torch.autograd.Function):
-    """Σ_i -log softmax(h_i Wᵀ)[y_i] and the per-token terms, in chunks of tokens (fused linear
-    cross-entropy): one chunk's (C, V) logits exist at a time, and the gradients w.r.t. h and W are
-    formed in the same pass, d/dz = softmax(z) - onehot(y), so backward only scales them."""
-
-    @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk: int):
-        dev = hidden.device.type
-        cd = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else hidden.dtype
-        w = weight.to(cd)  # (V, H)
-        per_token = torch.empty(len(targets), dtype=torch.float32, device=hidden.device)  # (M,)
-        g_h = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if ctx.needs_input_grad[0] else None
-        g_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] else None
-        for s in range(0, len(targets), chunk):
-            h, y = hidden[s:s + chunk].to(cd), targets[s:s + chunk]  # (C, H), (C,)
-            z = (h @ w.t()).float()  # (C, V)
-            lse = torch.logsumexp(z, dim=-1)  # (C,)
-            per_token[s:s + chunk] = lse - z.gather(1, y[:, None]).squeeze(1)
-            if g_h is None and g_w is None:
-                continue
-            z.sub_(lse[:, None]).exp_()
-            z[torch.arange(len(y)), y] -= 1.0
-            dz = z.to(cd)  # (C, V)
-            if g_h is not None:
-                g_h[s:s + chunk] = dz @ w
-            if g_w is not None:
-                g_w.addmm_(dz.t(), h) if cd == torch.float32 else g_w.add_(dz.t() @ h)
-        ctx.save_for_backward(g_h, g_w)
-        ctx.dtypes = hidden.dtype, weight.dtype
-        ctx.mark_non_differentiable(per_token)
-        ctx.set_materialize_grads(False)
-        return per_token.sum(), per_token
-
-    @staticmethod
-    def backward(ctx, grad_sum, _):
-        g_h, g_w = ctx.saved_tensors
-        scale = (lambda g, dt: None if g is None or grad_sum is None else (g * grad_sum).to(dt))
-        return scale(g_h, ctx.dtypes[0]), scale(g_w, ctx.dtypes[1]), None, None
-
 
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
                      "logits_scaling")
@@ -283,7 +174,7 @@ class _Policy(torch.nn.Module):
         if (type(head) is torch.nn.Linear and head.bias is None and base.base_model is not base
                 and all(getattr(text_cfg, k, None) is None for k in _LOGIT_TRANSFORMS)):
             hidden = base.base_model(**kwargs).last_hidden_state  # (R, L, H)
-            return _LinearNLL.apply(hidden[rows, cols], head.weight, targets, 128)
+            return LinearNLL.apply(hidden[rows, cols], head.weight, targets, 128)
         logits = self.model(**kwargs).logits[rows, cols].float()  # (M, V)
         per_token = F.cross_entropy(logits, targets, reduction="none")  # (M,)
         return per_token.sum(), per_token.detach()
