@@ -4,8 +4,10 @@ simulated labelers, AI judges or a file, so bad feedback is refused the same way
 Each function validates against the database (responses exist, belong to the same prompt, values in
 range) before adding anything, and raises `FeedbackError` with a clear message. They write in the
 caller's transaction and return the new row's id: use them inside one `with store.session()` so that
-a batch is stored whole or not at all. The writes are SQLAlchemy Core INSERTs built once (the web
-app stores every click through here; an ORM unit-of-work flush cost ~5x more). `import_feedback` reads a JSONL file of labels this way.
+a batch is stored whole or not at all. The writes are SQLAlchemy Core INSERTs built once, not ORM
+objects flushed by the session: the web app stores every click through here (bench/RESULTS.md).
+`import_feedback` reads a JSONL file of labels this way. `labeler` is anything with the labeler's `id`
+(a `schema.Labeler`, or the web app's row of the logged-in labeler).
 """
 
 from __future__ import annotations
