@@ -17,6 +17,7 @@ How this departs from the paper and from TRL's DPOTrainer:
   with a 4-D attention mask under which rejected tokens see the prompt but not chosen, and positions
   that restart after the prompt, so the prompt is computed once per pair instead of twice. The log-probs
   equal those of two separate rows (tested against TRL). `share_prompt=False` uses TRL's layout (2B rows).
+  (The layout: `tether.recipes.pairs.collate`.)
 - Only response positions go through the LM head, in chunks whose logits are recomputed in backward
   (`logprobs_from_hidden`): the (tokens x vocabulary) logits, the largest activation of a small model,
   are never held whole.
@@ -35,7 +36,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import random
 import shutil
 import time
@@ -44,12 +44,14 @@ from pathlib import Path
 
 import torch
 
-from tether import models, reward
+from tether import models
 from tether.algos.losses import dpo_loss, ipo_loss, logprobs_from_hidden, logprobs_from_logits
 from tether.errors import TetherError
 from tether.models import BUNDLED, LoraSettings
 from tether.recipes.common import (accumulating, all_sum, grad_norm_value, make_accelerator, save_checkpoint,
                                    step_micro_batches)
+from tether.recipes.pairs import (PairTokens, collate, encode_pair, read_pairs,  # noqa: F401 (read_pairs: the CLI's)
+                                  response_counts)
 from tether.recipes.rm import (PreferenceExample, batches_keeping_groups,
                                split_eval)
 
@@ -92,13 +94,6 @@ class DPOResult:
     out_dir: Path
     model_dir: Path | None  # None when stopped early (stop_after)
     completed: bool
-
-
-@dataclass
-class PairTokens:
-    prompt: list[int]
-    chosen: list[int]  # response tokens only; the loss reads these
-    rejected: list[int]
 
 
 # --- losses by name (pure functions in tether.algos.losses) --------------------------------------
@@ -148,85 +143,6 @@ def batch_loss(cfg: DPOConfig, eps: float, logps: torch.Tensor, ref: torch.Tenso
     return loss, stats
 
 
-# --- tokens --------------------------------------------------------------------------------------
-
-def encode_pair(tokenizer, ex: PreferenceExample, max_length: int) -> PairTokens:
-    """Prompt and response tokens as `reward.encode_pair_text` writes prompt‖response: a finished chat
-    answer ends with the template's end of turn, a cut-off one with its last token. The prompt is where
-    both sequences part from the prompt's own tokens (as TRL splits them)."""
-    prompt = models.encode_prompt(tokenizer, ex.prompt)
-    c = reward.encode_pair_text(tokenizer, ex.prompt, ex.chosen, ex.chosen_finished)
-    r = reward.encode_pair_text(tokenizer, ex.prompt, ex.rejected, ex.rejected_finished)
-    k = len(os.path.commonprefix([prompt, c, r]))  # works on lists: the longest shared prefix
-    p, c, r = c[:k], c[k:], r[k:]
-    if k + max(len(c), len(r)) > max_length:
-        keep = min(k, max(max_length - max(len(c), len(r)), max_length // 4))
-        bos = tokenizer.bos_token_id
-        head = p[:1] if bos is not None and p[:1] == [bos] and keep > 0 else []
-        p = head + (p[k - (keep - len(head)):] if keep > len(head) else [])
-        c, r = c[:max_length - len(p)], r[:max_length - len(p)]
-    return PairTokens(p, c, r)
-
-
-def read_pairs(path: str | Path) -> list[PreferenceExample]:
-    """TRL-format preference JSONL (standard or conversational) as pairs of finished answers."""
-    from tether.data.io import read_preferences
-
-    return [PreferenceExample(prompt=p.prompt.messages if p.prompt.messages is not None else p.prompt.text,
-                              chosen=p.chosen[0], rejected=p.rejected[0]) for p in read_preferences(path)]
-
-
-def collate(items: list[PairTokens], pad_id: int, share_prompt: bool = True) -> dict[str, torch.Tensor]:
-    """Rows for one forward pass and where to read each response token's log-prob.
-
-    share_prompt: row i = prompt‖chosen‖rejected (R = B rows), attention_mask (R, 1, T, T) bool, True where
-    query t may see key s: causal, but rejected never sees chosen; positions restart after the prompt.
-    Otherwise chosen rows then rejected rows (R = 2B), attention_mask (R, T). Both give input_ids and
-    position_ids (R, T); src (N,) flat index row·T + t of the hidden state that predicts each response
-    token, tgt (N,) that token, seg (N,) = 2·pair + (0 chosen, 1 rejected)."""
-    rows, pos, kinds, src, tgt, seg = [], [], [], [], [], []
-
-    def add_row(prompt, responses):  # responses: [(pair-side index, tokens)]
-        r, n = len(rows), len(prompt)
-        ids, p, kind = list(prompt), list(range(n)), [0] * n
-        for side, toks in responses:
-            start = len(ids)
-            before = ([n - 1] + [start + j for j in range(len(toks) - 1)])[:len(toks)]  # predicts token j
-            for j, b in enumerate(before):
-                if b >= 0:
-                    src.append((r, b)), tgt.append(toks[j]), seg.append(side)
-            ids += toks
-            p += range(n, n + len(toks))
-            kind += [1 + side % 2] * len(toks)
-        rows.append(ids), pos.append(p), kinds.append(kind)
-
-    if share_prompt:
-        for i, it in enumerate(items):
-            add_row(it.prompt, [(2 * i, it.chosen), (2 * i + 1, it.rejected)])
-    else:
-        for side in (0, 1):
-            for i, it in enumerate(items):
-                add_row(it.prompt, [(2 * i + side, it.rejected if side else it.chosen)])
-    width = max(len(x) for x in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (R, T)
-    position_ids = torch.zeros((len(rows), width), dtype=torch.long)  # (R, T)
-    kind = torch.full((len(rows), width), 3, dtype=torch.long)  # (R, T) 0 prompt, 1 chosen, 2 rejected, 3 pad
-    for i, (ids, p, k) in enumerate(zip(rows, pos, kinds)):
-        input_ids[i, :len(ids)], position_ids[i, :len(p)], kind[i, :len(k)] = (torch.tensor(ids), torch.tensor(p),
-                                                                              torch.tensor(k))
-    if share_prompt:
-        t = torch.arange(width)
-        causal = (t[None, :] <= t[:, None])[None]  # (1, T, T) query t sees key s <= t
-        mask = causal & (kind[:, None, :] != 3) & ~((kind[:, :, None] == 2) & (kind[:, None, :] == 1))  # (R, T, T)
-        mask |= torch.eye(width, dtype=torch.bool)[None] & (kind == 3)[:, :, None]  # padding sees itself (no NaN)
-        mask = mask[:, None]  # (R, 1, T, T)
-    else:
-        mask = (kind != 3).long()  # (R, T)
-    flat = torch.tensor([r * width + b for r, b in src], dtype=torch.long)  # (N,)
-    return {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": mask, "src": flat,
-            "tgt": torch.tensor(tgt, dtype=torch.long), "seg": torch.tensor(seg, dtype=torch.long)}
-
-
 class _PairLogps(torch.nn.Module):
     """The policy behind one forward(batch) -> (B, 2) summed response log-probs [chosen, rejected], so
     DDP/FSDP wrap the call that trains. Runs the backbone, then the LM head on response positions only."""
@@ -252,12 +168,6 @@ class _PairLogps(torch.nn.Module):
             logits = cap * torch.tanh(logits / cap) if cap else logits
             logps = logprobs_from_logits(logits[None], tgt[None], ignore_index=None)[0]  # (N,)
         return logps.new_zeros(2 * n_pairs).index_add(0, seg, logps).view(n_pairs, 2)  # (B, 2)
-
-
-def response_counts(toks: list[PairTokens]) -> torch.Tensor:
-    """(N, 2) scored tokens per response (the first one is unscored only when the prompt is empty)."""
-    return torch.tensor([[len(t.chosen) - (not t.prompt), len(t.rejected) - (not t.prompt)] for t in toks],
-                        dtype=torch.float32).clamp_min(0)
 
 
 @torch.no_grad()
