@@ -99,6 +99,27 @@ def test_shared_prompt_rows_give_the_log_probs_of_separate_rows(tiny_model_dir, 
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-6)
 
 
+def test_a_model_that_transforms_its_logits_runs_its_own_forward(tiny_model_dir, bundled_tokenizer, monkeypatch):
+    """As for a model that scales or caps its logits (a config field in rollout.LOGIT_TRANSFORMS): the
+    log-probs come from the model's own forward, on the same shared-prompt rows, and still equal the
+    plain per-sequence log-probs."""
+    from tether import rollout
+
+    model = sharpened(tiny_model_dir).eval()
+    toks = [dpo.encode_pair(bundled_tokenizer, PreferenceExample("plain prompt", "yes", "no no no", True, False), 512)]
+    batch = dpo.collate(toks, bundled_tokenizer.pad_token_id, True)
+    with torch.no_grad():
+        fused = dpo._PairLogps(model)(**batch, n_pairs=1)
+        monkeypatch.setattr(rollout, "LOGIT_TRANSFORMS", ("num_hidden_layers",))
+        assert rollout.plain_head(model) is None
+        calls = []
+        monkeypatch.setattr(type(model), "forward", lambda self, *a, _f=type(model).forward, **k: calls.append(1) or
+                            _f(self, *a, **k))
+        own = dpo._PairLogps(model)(**batch, n_pairs=1)
+    assert calls == [1]
+    torch.testing.assert_close(own, fused, atol=1e-4, rtol=1e-6)
+
+
 # --- (a) the same loss as TRL 1.16's DPOTrainer ----------------------------------------------------
 
 @pytest.mark.filterwarnings("ignore:`gradient_checkpointing` is deprecated:FutureWarning")

@@ -14,6 +14,7 @@ from tether.algos.losses import LinearNLL
 from tether.commands.sft import sft as sft_command
 from tether.errors import TetherError
 from tether.models import LoraSettings, encode_prompt, load_model, load_policy
+from tether import rollout
 from tether.recipes import sft
 
 MSGS = [{"role": "user", "content": "Name a colour."}]
@@ -75,7 +76,7 @@ def test_packed_rows_give_the_same_per_token_loss_as_separate_forwards(tiny_mode
     model = load_model(str(tiny_model_dir))
     model.config._attn_implementation = attn
     if head == "model's own":  # as for a model that scales its logits: the full forward, same packed inputs
-        monkeypatch.setattr(sft, "_LOGIT_TRANSFORMS", ("num_hidden_layers",))
+        monkeypatch.setattr(rollout, "LOGIT_TRANSFORMS", ("num_hidden_layers",))
     encoded = [sft.encode_demonstration(tok, sft.as_demonstration(d, i), 512)[:2] for i, d in enumerate(demos(6))]
     alone = separate_losses(model, encoded)
     policy = sft._Policy(model)

@@ -54,6 +54,7 @@ from tether.recipes.pairs import (PairTokens, collate, encode_pair, read_pairs, 
                                   response_counts)
 from tether.recipes.rm import (PreferenceExample, batches_keeping_groups,
                                split_eval)
+from tether.rollout import plain_head
 
 
 @dataclass
@@ -145,7 +146,8 @@ def batch_loss(cfg: DPOConfig, eps: float, logps: torch.Tensor, ref: torch.Tenso
 
 class _PairLogps(torch.nn.Module):
     """The policy behind one forward(batch) -> (B, 2) summed response log-probs [chosen, rejected], so
-    DDP/FSDP wrap the call that trains. Runs the backbone, then the LM head on response positions only."""
+    DDP/FSDP wrap the call that trains. Runs the backbone, then the LM head on response positions only;
+    a model that scales or caps its logits after the head runs its own full forward instead."""
 
     def __init__(self, model):
         super().__init__()
@@ -156,16 +158,13 @@ class _PairLogps(torch.nn.Module):
         if attention_mask.dim() == 4 and inner.config._attn_implementation == "eager":  # eager adds the mask
             attention_mask = torch.zeros(attention_mask.shape, dtype=inner.dtype, device=attention_mask.device
                                          ).masked_fill(~attention_mask, torch.finfo(inner.dtype).min)
-        backbone = getattr(inner, inner.base_model_prefix)
-        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          use_cache=False).last_hidden_state  # (R, T, D)
-        picked, head = hidden.flatten(0, 1)[src], inner.get_output_embeddings()  # (N, D) response positions only
-        cap = getattr(inner.config, "final_logit_softcapping", None)
-        if type(head) is torch.nn.Linear and head.bias is None and not cap:
-            logps = logprobs_from_hidden(picked, head.weight, tgt)  # (N,) the (N, V) logits never held whole
-        else:
-            logits = head(picked)  # (N, V)
-            logits = cap * torch.tanh(logits / cap) if cap else logits
+        kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        weight = plain_head(inner)
+        if weight is not None:
+            hidden = getattr(inner, inner.base_model_prefix)(**kwargs).last_hidden_state  # (R, T, D)
+            logps = logprobs_from_hidden(hidden.flatten(0, 1)[src], weight, tgt)  # (N,) the (N, V) logits never whole
+        else:  # a head that scales or caps its logits: the model's own forward applies it, on every position
+            logits = self.model(**kwargs).logits.flatten(0, 1)[src]  # (N, V)
             logps = logprobs_from_logits(logits[None], tgt[None], ignore_index=None)[0]  # (N,)
         return logps.new_zeros(2 * n_pairs).index_add(0, seg, logps).view(n_pairs, 2)  # (B, 2)
 

@@ -45,6 +45,7 @@ from tether.algos.losses import LinearNLL
 from tether.errors import TetherError
 from tether.models import BUNDLED, LoraSettings, encode_prompt
 from tether.recipes.packing import pack, shared_prefix
+from tether.rollout import plain_head
 
 
 @dataclass
@@ -147,10 +148,6 @@ def encode_demonstration(tok, demo: Demonstration, max_length: int, stop_ids: se
 
 # --- loss --------------------------------------------------------------------------------------
 
-_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
-                     "logits_scaling")
-
-
 class _Policy(torch.nn.Module):
     """The model behind one forward(packed inputs) -> (summed NLL, per-token NLL (M,)), so DDP/FSDP
     wrap the call that trains. Fast path: decoder hidden states at the answer positions only, then
@@ -169,12 +166,11 @@ class _Policy(torch.nn.Module):
         if base.config._attn_implementation == "eager":  # eager adds the mask to the scores
             mask = torch.zeros(mask.shape, dtype=base.dtype, device=mask.device).masked_fill(
                 ~mask, torch.finfo(base.dtype).min)
-        head, text_cfg = base.get_output_embeddings(), base.config.get_text_config()
+        weight = plain_head(base)
         kwargs = dict(input_ids=input_ids, position_ids=position_ids, attention_mask=mask, use_cache=False)
-        if (type(head) is torch.nn.Linear and head.bias is None and base.base_model is not base
-                and all(getattr(text_cfg, k, None) is None for k in _LOGIT_TRANSFORMS)):
+        if weight is not None and base.base_model is not base:
             hidden = base.base_model(**kwargs).last_hidden_state  # (R, L, H)
-            return LinearNLL.apply(hidden[rows, cols], head.weight, targets, 128)
+            return LinearNLL.apply(hidden[rows, cols], weight, targets, 128)
         logits = self.model(**kwargs).logits[rows, cols].float()  # (M, V)
         per_token = F.cross_entropy(logits, targets, reduction="none")  # (M,)
         return per_token.sum(), per_token.detach()
