@@ -236,11 +236,12 @@ def head_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor, temperatur
         h = (hidden / temperature).flatten(0, 1)  # (B * T, D)
         lp, ent = logprobs_from_hidden(h, weight, targets.flatten(), with_entropy=True)  # (B * T,) each
         lp, ent = lp.view(targets.shape), ent.view(targets.shape)  # (B, T)
+        raw_lp = None
         if raw:
             with torch.no_grad():
-                raw = logprobs_from_hidden(hidden.detach().flatten(0, 1), weight.detach(),
-                                           targets.flatten()).view(targets.shape)  # (B, T)
-        return lp, ent, raw if raw is not False else None
+                raw_lp = logprobs_from_hidden(hidden.detach().flatten(0, 1), weight.detach(),
+                                              targets.flatten()).view(targets.shape)  # (B, T)
+        return lp, ent, raw_lp
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     logits = inner.get_output_embeddings()(hidden).float()  # (B, T, V)
     scaled = logits / temperature

@@ -145,16 +145,13 @@ def overoptimised(pts: list[tuple[float, float, float]], n: int = TREND, drop: f
     """A verdict on one run's (sqrt KL, proxy reward, gold) points, or None: binned by KL as `trend`
     does, over-optimisation is the gold trend falling from its peak bin to the last bin by more than
     `drop` of the peak's size while the proxy trend rises over the same span (Gao et al. 2022, Fig. 1)."""
-    pts = sorted(pts)
-    bins = [pts[i:i + n] for i in range(0, len(pts) - n + 1, n)]
-    if len(bins) < 2:
+    xs, proxy = trend([(x, r) for x, r, _ in pts], n)
+    gold = trend([(x, g) for x, _, g in pts], n)[1]
+    if len(xs) < 2:
         return None
-    xs = [sum(p[0] for p in b) / n for b in bins]
-    proxy = [sum(p[1] for p in b) / n for b in bins]
-    gold = [sum(p[2] for p in b) / n for b in bins]
     peak = max(range(len(gold)), key=gold.__getitem__)
     fell = gold[peak] - gold[-1]
-    if peak == len(bins) - 1 or fell <= drop * abs(gold[peak]) or proxy[-1] <= proxy[peak]:
+    if peak == len(xs) - 1 or fell <= drop * abs(gold[peak]) or proxy[-1] <= proxy[peak]:
         return None
     return (f"gold peaked at {gold[peak]:.3f} (sqrt KL {xs[peak]:.2f}) and fell to {gold[-1]:.3f} (sqrt KL "
             f"{xs[-1]:.2f}) while the proxy reward rose from {proxy[peak]:.3f} to {proxy[-1]:.3f}")
