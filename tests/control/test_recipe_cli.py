@@ -31,9 +31,15 @@ def ws(tmp_path):
     return init_workspace(tmp_path / "ws")
 
 
-def test_cli_end_to_end_with_a_behaviour(ws):
+def test_cli_end_to_end_with_a_behaviour(ws, tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where SB3 would leave its log folders
+    (tmp_path / "tmp").mkdir()
     r = tether("control", *TINY, "--behaviour", "tether.control.behaviours:spin_clockwise", "-w", ws.root)
     assert r.exit_code == 0, r.output
+    assert not list((tmp_path / "tmp").glob("SB3-*"))  # no empty SB3-<date> folder per learn() call
+    assert list((ws.root / "runs" / "control-1" / "tb" / "agent").glob("events.out.tfevents.*"))  # SB3's PPO metrics
     assert "Pendulum-v1: 4096 env steps, 20 labels" in r.output and "spin_clockwise" in r.output
     out = ws.root / "runs" / "control-1"
     for name in ("agent.zip", "reward.pt", "clips.npz", "labels.jsonl", "metrics.jsonl", "result.json"):

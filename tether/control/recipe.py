@@ -160,6 +160,7 @@ def run(cfg: ControlConfig, store=None, run_id: int | None = None, resume: bool 
     tasks and answers live there); ``resume``: continue from ``out_dir``'s checkpoint; ``say``:
     where progress lines go (default: print)."""
     from stable_baselines3 import PPO
+    from stable_baselines3.common.logger import configure
 
     from tether.control.db import forget_after, store_clip_tasks, store_comparisons
     from tether.control.weblabels import read_answers, wait_for_tasks
@@ -204,6 +205,8 @@ def run(cfg: ControlConfig, store=None, run_id: int | None = None, resume: bool 
     gen = torch.Generator().manual_seed(cfg.seed)
     wrapped.reward_fn = net.numpy_reward()  # never the true reward, even before the first labels
     model = PPO("MlpPolicy", agent_env, seed=cfg.seed, device="cpu", verbose=0, **ppo_kwargs)
+    agent_log = configure(str(out / "tb" / "agent"), ["tensorboard"])  # SB3's PPO metrics beside ours (else
+    model.set_logger(agent_log)  # each learn() call would make a new empty SB3 folder in the temp directory)
     labeler = SyntheticLabeler(cfg.noise, cfg.temperature, seed=cfg.seed)
     bank: Clips | None = None  # every labelled clip
     pa, pb, mu = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)  # (P,) pairs
@@ -221,6 +224,7 @@ def run(cfg: ControlConfig, store=None, run_id: int | None = None, resume: bool 
             raise TetherError(f"{ckpt}: this run is waiting for web labels (iteration {pending['iteration']}); "
                               "resume it with labeler 'web' (--labeler web)")
         model = PPO.load(ckpt / "agent.zip", env=agent_env, device="cpu")
+        model.set_logger(agent_log)
         if hasattr(agent_env, "obs_rms"):
             agent_env.obs_rms = torch.load(ckpt / "obs_rms.pt", weights_only=False)
         saved = torch.load(ckpt / "reward.pt", weights_only=False)
@@ -378,6 +382,7 @@ def run(cfg: ControlConfig, store=None, run_id: int | None = None, resume: bool 
 
     # ---- save ---------------------------------------------------------------------------------------
     log.close()
+    agent_log.close()
     model.save(out / "agent.zip")
     torch.save(net.state_dict(), out / "reward.pt")
     final = next((h["eval_true_return"] for h in reversed(history) if "eval_true_return" in h), float("nan"))
