@@ -144,9 +144,10 @@ def test_several_epochs_and_minibatches_clip(word_model_dir, tmp_path, estimator
 
 
 def test_bfloat16_autocast_recomputes_the_old_logprobs(word_model_dir, tmp_path):
-    """Under autocast the decode's float32 log-probs are not what training sees: a no-grad policy pass gives them."""
-    res = train(_cfg(word_model_dir, tmp_path / "bf", estimator="rloo", updates=2, dtype="bfloat16"), PROMPTS,
-                reward_fn=word_count, show_progress=False)
+    """Under autocast the decode's float32 log-probs are not what training sees; with two optimizer steps a
+    batch, a no-grad policy pass gives them (a small lr keeps the second step's ratio near 1 too)."""
+    res = train(_cfg(word_model_dir, tmp_path / "bf", estimator="rloo", updates=2, dtype="bfloat16",
+                     mini_batch_size=8, lr=1e-4), PROMPTS, reward_fn=word_count, show_progress=False)
     rec = _records(tmp_path / "bf")
     assert res.completed and all(abs(r["ratio"] - 1.0) < 0.05 and r["policy_loss"] == r["policy_loss"] for r in rec)
 
@@ -154,9 +155,11 @@ def test_bfloat16_autocast_recomputes_the_old_logprobs(word_model_dir, tmp_path)
 @pytest.mark.parametrize("estimator", ["grpo", "rloo"])
 def test_bfloat16_one_step_takes_the_old_logprobs_from_the_training_forward(word_model_dir, tmp_path, monkeypatch,
                                                                             estimator):
-    """GRPO (KL in the loss), one optimizer step per batch: no no-grad policy pass; the old log-probs are the
-    training forward's own (ratio exactly 1) and the KL metric is still filled. RLOO puts the KL in the reward,
-    which needs the log-probs before training: it keeps the no-grad pass."""
+    """One optimizer step per batch under bf16: no no-grad policy pass; the old log-probs are the training
+    forward's own (ratio exactly 1) and the KL metric is still filled. RLOO's KL-shaped reward, which needs
+    those log-probs, is then shaped per micro-batch of whole groups: its KL term is -beta x the sampled k1
+    (temperature 1: the training and the raw log-probs are the same), and 4 micro-batches of one group each
+    give the advantages of 1 micro-batch of 4 groups."""
     from tether.recipes import online
 
     calls = []
@@ -167,16 +170,20 @@ def test_bfloat16_one_step_takes_the_old_logprobs_from_the_training_forward(word
         return forward(self, *args, **kwargs)
 
     monkeypatch.setattr(online.ResponseLogits, "forward", counting)
-    res = train(_cfg(word_model_dir, tmp_path / estimator, estimator=estimator, updates=2, dtype="bfloat16",
-                     micro_batch_size=16), PROMPTS, reward_fn=word_count, show_progress=False)
-    rec = _records(tmp_path / estimator)
-    assert res.completed
-    if estimator == "grpo":
-        assert calls == [True, True]  # one forward per update, the one that trains
-        assert all(r["ratio"] == 1.0 and r["clipfrac"] == 0.0 for r in rec)
-    else:
-        assert calls == [False, True, False, True]
+    runs = {mb: train(_cfg(word_model_dir, tmp_path / f"{estimator}{mb}", estimator=estimator, updates=2,
+                           dtype="bfloat16", micro_batch_size=mb, beta=0.5), PROMPTS, reward_fn=word_count,
+                      show_progress=False) for mb in (16, 4)}
+    rec = _records(tmp_path / f"{estimator}16")
+    assert all(r.completed for r in runs.values())
+    assert calls == [True] * 2 + [True] * 8  # one training forward per micro-batch, nothing else
+    assert all(r["ratio"] == 1.0 and r["clipfrac"] == 0.0 for r in rec)
     assert rec[0]["kl"] == pytest.approx(0.0, abs=0.05) and rec[1]["kl"] != 0.0  # raw log-probs were filled in
+    if estimator == "rloo":
+        assert all(r["non_score_reward"] == pytest.approx(-0.5 * r["kl"], rel=1e-4, abs=1e-6) for r in rec)
+        assert rec[1]["non_score_reward"] != 0.0
+    first = _records(tmp_path / f"{estimator}4")[0]  # same weights, same samples: the same shaped rewards
+    for key in ("advantage_abs", "kl") + (("non_score_reward",) if estimator == "rloo" else ()):
+        assert first[key] == pytest.approx(rec[0][key], rel=2e-2, abs=1e-4), key
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

@@ -30,11 +30,12 @@ and metrics are over the global batch.
 Training log-probs (loss, ratio, KL terms) use logits / temperature, matching the sampler (Huang et
 al. 2022); KL is *reported* as nats per sequence, summed over response tokens, from the raw logits,
 averaged over the policy's own samples: `kl` (k1) and `kl_k3`. A response cut off without EOS loses
-`no_eos_penalty`. Work saved, same maths: the policy's log-probs before the update are read off the
-KV-cached decoding (float32; `rollout.generate(with_states=True)`), so an update costs one reference
-pass and one training forward/backward (TRL's RLOOTrainer adds a no-grad policy pass); and with one
-optimizer step per batch (the defaults) micro-batches hold whole groups, in order, whose prompt runs
-once for its k responses (`rollout.group_hidden`). The training forward never holds the (B, T, V) logits
+`no_eos_penalty`. Work saved, same maths: with one optimizer step per batch (the defaults)
+micro-batches hold whole groups, in order, whose prompt runs once for its k responses
+(`rollout.group_hidden`); the policy's log-probs before the update are read off the KV-cached decoding
+(float32; `rollout.generate(with_states=True)`) or, under bf16, are the training forward's own, detached
+(RLOO's KL-shaped rewards and baselines are then computed per micro-batch, from them), so an update costs
+one reference pass and one training forward/backward (TRL's RLOOTrainer adds a no-grad policy pass). The training forward never holds the (B, T, V) logits
 whole (`rollout.head_logprobs`).
 """
 
@@ -206,9 +207,10 @@ def train(cfg: OnlineConfig, prompts: list[Prompt], reward_fn: RewardFn | None =
     mini = cfg.mini_batch_size or batch_size
     one_step = cfg.ppo_epochs == 1 and mini == batch_size  # one optimizer step per batch: groups stay together
     # With one optimizer step per batch, the "old" log-probs are the training forward's own, detached (the ratio
-    # is 1 on that step). Unless decoding already gave them (float32) or they are needed before training (KL in
-    # the reward, vLLM's importance weights), they come from that forward instead of a no-grad pass of their own.
-    defer_logprobs = one_step and kl_in == "loss" and engine is None and cfg.dtype != "float32"
+    # is 1 on that step). Unless decoding already gave them (float32) or vLLM's importance weights need them
+    # first, they come from that forward instead of a no-grad pass of their own; KL in the reward (RLOO) is then
+    # shaped, and the baseline taken, per micro-batch, which holds whole groups.
+    defer_logprobs = one_step and engine is None and cfg.dtype != "float32"
 
     encoded = [models.encode_prompt(tok, p) for p in prompts]
     keep = [i for i, ids in enumerate(encoded) if len(ids) <= cfg.max_prompt_length]
@@ -317,6 +319,13 @@ def train(cfg: OnlineConfig, prompts: list[Prompt], reward_fn: RewardFn | None =
         return Samples(list(batch), texts, fin, input_ids, attention, mask, cols["lp"], cols["raw"], cols["ref"],
                        cols["ref_raw"], scores, rm_scores, eng)
 
+    def shaped(ro: Samples, rows) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rewards, advantages), one per sequence (b,), of the whole groups in `rows`."""
+        r = ro.scores[rows]  # (b,)
+        if kl_in == "reward":  # RLOO: r = score - beta * sum_t k1_t (logits / temperature), then the baseline
+            r = r - cfg.beta * torch.where(ro.mask[rows], ro.logprobs[rows] - ro.ref_logprobs[rows], 0.0).sum(-1)
+        return r, estimator(r, cfg.k)
+
     def golds(ro: Samples) -> list[float]:
         return [gold_fn(prompt_text(p), t, bool(f)) for p, t, f in zip(ro.prompts, ro.texts, ro.finished)]
 
@@ -353,10 +362,8 @@ def train(cfg: OnlineConfig, prompts: list[Prompt], reward_fn: RewardFn | None =
                          policy_logprobs=not defer_logprobs)
             t_sample = time.perf_counter() - t_update
 
-            rewards = ro.scores  # (B,)
-            if kl_in == "reward":  # RLOO: r = score - beta * sum_t k1_t (logits / temperature), then the baseline
-                rewards = rewards - cfg.beta * torch.where(ro.mask, ro.logprobs - ro.ref_logprobs, 0.0).sum(-1)
-            advantages = estimator(rewards, cfg.k)  # (B,) one advantage per sequence
+            # (B,) each; deferred log-probs: filled in per micro-batch of whole groups, from its training forward
+            rewards, advantages = (ro.scores.clone(), torch.zeros(batch_size)) if defer_logprobs else shaped(ro, slice(None))
             tis, w = {}, torch.ones(ro.mask.shape)  # (B, T) per-token weights: 1, or TIS when vLLM sampled
             if ro.engine_logprobs is not None:  # truncated importance sampling (Yao et al. 2025)
                 w, tis = truncated_importance_weights(ro.logprobs, ro.engine_logprobs, ro.mask, cfg.tis_cap)
@@ -383,6 +390,7 @@ def train(cfg: OnlineConfig, prompts: list[Prompt], reward_fn: RewardFn | None =
                         if defer_logprobs:  # the policy before this batch's one step is this forward's own
                             ro.logprobs[micro, :t] = new_lp.detach().float().cpu()
                             ro.raw_logprobs[micro, :t] = raw_lp.cpu()
+                            rewards[micro], advantages[micro] = shaped(ro, micro)
                         adv = advantages[micro].to(device).unsqueeze(1) * w[micro, :t].to(device)  # (b, t) broadcast
                         pg, pg_stats = ppo_policy_loss(new_lp, ro.logprobs[micro, :t].to(device), adv, m,
                                                        cfg.clip_eps)  # token mean over the micro-batch
