@@ -86,6 +86,15 @@ def test_sampling_copy_follows_the_trained_weights(word_model_dir):
     assert sc.sync(model) is copy  # refreshed in place
     torch.testing.assert_close(copy.get_input_embeddings().weight.float(), model.get_input_embeddings().weight,
                                atol=0.02, rtol=0.01)  # bf16 rounding
+    sc.release()  # between rollouts the copy holds no weights ...
+    assert all(p.numel() == 0 for p in copy.parameters())
+    with torch.no_grad():
+        model.get_input_embeddings().weight.add_(1.0)
+    assert sc.sync(model) is copy  # ... and the next sync casts them afresh, still tied, in bf16
+    assert all(p.dtype == torch.bfloat16 and p.shape == q.shape for p, q in zip(copy.parameters(), model.parameters()))
+    assert copy.get_input_embeddings().weight is copy.get_output_embeddings().weight
+    torch.testing.assert_close(copy.get_input_embeddings().weight.float(), model.get_input_embeddings().weight,
+                               atol=0.02, rtol=0.01)
     peft = add_lora(AutoModelForCausalLM.from_pretrained(word_model_dir), LoraSettings(r=2, alpha=4))
     with torch.no_grad():
         for n, p in peft.named_parameters():

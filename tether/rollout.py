@@ -100,8 +100,18 @@ class SamplingCopy:
             self.model = clone.eval().requires_grad_(False)
         else:
             for dst, src in zip(self.model.parameters(), model.parameters()):
-                dst.copy_(src)
+                if dst.numel() == src.numel():
+                    dst.copy_(src)
+                else:  # released: cast afresh
+                    dst.data = src.detach().to(self.dtype)
         return self.model
+
+    def release(self) -> None:
+        """Free the copy's weights between rollouts (the next `sync` casts them afresh): the training step,
+        where a recipe's memory peaks, then runs without them."""
+        if self.model is not None:
+            for p in self.model.parameters():
+                p.data = p.data.new_empty(0)
 
 
 def eos_ids(model, tokenizer) -> set[int]:

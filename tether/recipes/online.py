@@ -280,6 +280,8 @@ def train(cfg: OnlineConfig, prompts: list[Prompt], reward_fn: RewardFn | None =
                 gens = [g for b in rollout.generate(sampler, tok, list(enumerate(ids)), temperature=cfg.temperature,
                                                     max_new_tokens=cfg.max_new_tokens, batch_size=len(ids), seed=seed,
                                                     with_states=reuse, seeds=seeds) for g in b]
+            if sampling_copy:
+                sampling_copy.release()
         gens.sort(key=lambda g: g.key)  # generation sorts by prompt length; groups stay consecutive
         responses = [g.token_ids + ([g.stop_token] if g.finished else []) for g in gens]
         input_ids, attention, mask = pack(ids, responses, pad)

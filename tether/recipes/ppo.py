@@ -279,6 +279,8 @@ def train(cfg: PPOConfig, prompts: list[Prompt], reward_fn: RewardFn | None = No
                 gens = next(rollout.generate(sampler, tok, list(enumerate(ids)), temperature=cfg.temperature,
                                              max_new_tokens=cfg.max_new_tokens, batch_size=len(ids), seed=seed,
                                              with_states=reuse, seeds=seeds))
+            if sampling_copy:
+                sampling_copy.release()
         order = [g.key for g in gens]  # generation sorts by prompt length
         responses = [g.token_ids + ([g.stop_token] if g.finished else []) for g in gens]
         input_ids, attention, mask = pack([ids[i] for i in order], responses, pad)
