@@ -33,10 +33,10 @@ averaged over the policy's own samples: `kl` (k1) and `kl_k3`. A response cut of
 `no_eos_penalty`. Work saved, same maths: with one optimizer step per batch (the defaults)
 micro-batches hold whole groups, in order, whose prompt runs once for its k responses
 (`rollout.group_hidden`); the policy's log-probs before the update are read off the KV-cached decoding
-(float32; `rollout.generate(with_states=True)`) or, under bf16, are the training forward's own, detached
-(RLOO's KL-shaped rewards and baselines are then computed per micro-batch, from them), so an update costs
-one reference pass and one training forward/backward (TRL's RLOOTrainer adds a no-grad policy pass). The training forward never holds the (B, T, V) logits
-whole (`rollout.head_logprobs`).
+(float32; `rollout.generate(with_states=True)`) or, under bf16, are the training forward's own,
+detached (RLOO's KL-shaped rewards and baselines are then computed per micro-batch, from them), so an
+update costs one reference pass and one training forward/backward (TRL's RLOOTrainer adds a no-grad
+policy pass). The training forward never holds the (B, T, V) logits whole (`rollout.head_logprobs`).
 """
 
 from __future__ import annotations
