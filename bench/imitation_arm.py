@@ -1,8 +1,10 @@
-"""The third arm of bench/control.py: imitation 1.0.1's PreferenceComparisons, run in its own
-virtualenv (bench/.imitation, made by bench/control.py). Prints one JSON line:
+"""The third arm of bench/control.py: imitation 1.0.1's PreferenceComparisons, on this venv's
+gymnasium / stable-baselines3 with imitation itself from bench/.imitation (installed there with
+--no-deps by bench/control.py --imitation). Prints one JSON line last:
 {"eval_return", "seconds", "env_steps", "labels"}.
 
-    bench/.imitation/bin/python bench/imitation_arm.py --env HalfCheetah-v5 --steps 307200 --labels 700 --seed 0
+    PYTHONPATH=bench/.imitation:. .venv/bin/python bench/imitation_arm.py --env HalfCheetah-v5 \
+        --steps 307200 --labels 700 --seed 0
 
 Held equal to tether's arm: the agent (SB3 PPO with tether.control.recipe.PPO_PRESETS, observations
 through VecNormalize when the preset says so), the clip length, the label budget, the number of
@@ -12,8 +14,9 @@ imitation's own choices are kept where they are its method: its reward net (Basi
 (obs, action), RunningNorm on inputs and outputs, as its train_preference_comparisons script builds
 it), its trainer (3 epochs a round, 4x in the first), random fragments, the hyperbolic query
 schedule, its synthetic labeler at its defaults (answers sampled from a Boltzmann choice over the two
-clips' true returns at temperature 1: near-exact at these envs' reward scales, as tether's exact one). Every env step is counted by a wrapper under everything else (agent training and the extra
-steps imitation takes to gather clips), so bench/control.py can give the other arms the same budget.
+clips' true returns at temperature 1: near-exact at these envs' reward scales, as tether's exact one).
+Every env step is counted by a wrapper under everything else (agent training and the extra steps
+imitation takes to gather clips), so bench/control.py can give the other arms the same budget.
 """
 
 from __future__ import annotations
