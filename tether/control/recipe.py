@@ -37,7 +37,8 @@ from tether.control.reward import RewardEnsemble, train_ensemble
 from tether.errors import TetherError
 
 LABELERS = ("synthetic", "web")
-# PPO settings per env (rl-baselines3-zoo's tuned ones); anything else gets SB3's defaults and 4 envs.
+# PPO settings per env (rl-baselines3-zoo's tuned ones, except that HalfCheetah keeps SB3's Tanh where the zoo
+# uses ReLU: bench/RESULTS.md's figures are with Tanh); anything else gets SB3's defaults and 4 envs.
 PPO_PRESETS: dict[str, dict] = {
     "Pendulum-v1": {"n_envs": 4, "n_steps": 1024, "gae_lambda": 0.95, "gamma": 0.9, "n_epochs": 10,
                     "ent_coef": 0.0, "learning_rate": 1e-3, "clip_range": 0.2, "use_sde": True, "sde_sample_freq": 4},
