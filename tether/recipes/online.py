@@ -326,7 +326,7 @@ def train(cfg: OnlineConfig, prompts: list[Prompt], reward_fn: RewardFn | None =
         r = ro.scores[rows]  # (b,)
         if kl_in == "reward":  # RLOO: r = score - beta * sum_t k1_t (logits / temperature), then the baseline
             r = r - cfg.beta * torch.where(ro.mask[rows], ro.logprobs[rows] - ro.ref_logprobs[rows], 0.0).sum(-1)
-        return r, estimator(r, cfg.k)
+        return r, ESTIMATORS[name](r, cfg.k)
 
     def golds(ro: Samples) -> list[float]:
         return [gold_fn(prompt_text(p), t, bool(f)) for p, t, f in zip(ro.prompts, ro.texts, ro.finished)]
@@ -350,7 +350,6 @@ def train(cfg: OnlineConfig, prompts: list[Prompt], reward_fn: RewardFn | None =
     # --- loop -----------------------------------------------------------------------------------
     columns = [TextColumn(name), BarColumn(), MofNCompleteColumn(), TextColumn("reward {task.fields[r]}"),
                TextColumn("kl {task.fields[kl]}"), TimeElapsedColumn()]
-    estimator = ESTIMATORS[name]
     mb_gen = torch.Generator().manual_seed(cfg.seed)
     with Progress(*columns, disable=not (show_progress and main)) as bar:
         task = bar.add_task(name, total=cfg.updates, completed=update, r="-", kl="-")
