@@ -76,7 +76,8 @@ def run_tether(args, train_rows, out: Path) -> dict:
     cfg = RMConfig(model=args.model, batch_size=args.batch_size, max_length=args.max_length, lr=args.lr,
                    epochs=epochs, warmup=0.0, threads=args.threads, log_every=1, checkpoint_every=None,
                    eval_fraction=0.0, out_dir=str(out / "tether"), stop_after=args.steps, seed=0,
-                   train_layers=args.train_layers, dtype="bfloat16" if args.bf16 else "float32")
+                   train_layers=args.train_layers, dtype="bfloat16" if args.bf16 else "float32",
+                   by_prompt=False)  # batches of single pairs, as TRL's (by_prompt would batch a prompt's variants)
     t0 = time.perf_counter()
     res = train(cfg, pairs, eval_pairs=[], show_progress=False)
     wall = time.perf_counter() - t0

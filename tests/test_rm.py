@@ -34,7 +34,7 @@ def colour_pairs(n: int, seed: int = 0) -> list[rm.PreferenceExample]:
 
 def cfg_for(tiny_model_dir, tmp_path, **kw) -> rm.RMConfig:
     base = dict(model=str(tiny_model_dir), lr=3e-3, epochs=4, batch_size=8, max_length=64, warmup=0.0,
-                log_every=2, checkpoint_every=None, out_dir=str(tmp_path / "rm"), seed=0)
+                log_every=2, checkpoint_every=None, out_dir=str(tmp_path / "rm"), seed=0, by_prompt=False)
     return rm.RMConfig(**(base | kw))
 
 
@@ -178,6 +178,79 @@ def test_split_eval_holds_out_whole_groups():
     train, held = rm.split_eval(pairs, 0.2, seed=0)
     assert len(train) + len(held) == 30 and len(held) == 6
     assert not {p.group for p in train} & {p.group for p in held}
+
+
+def test_split_eval_by_prompt_holds_out_whole_prompts():
+    pairs = [rm.PreferenceExample([{"role": "user", "content": f"q{i % 5}"}], f"a{i}", f"b{i}", group=i)
+             for i in range(30)]  # 5 prompts x 6 pairs, each pair its own group
+    train, held = rm.split_eval(pairs, 0.2, seed=0, by_prompt=True)
+    assert len(train) + len(held) == 30 and len(held) == 6  # one whole prompt
+    assert len({p.prompt[0]["content"] for p in held}) == 1
+    assert not {p.prompt[0]["content"] for p in train} & {p.prompt[0]["content"] for p in held}
+
+
+def test_distinct_rows():
+    rows, c, r = rm.distinct_rows([[1, 2], [1, 2], [3]], [[3], [4, 5], [1, 2]])
+    assert rows == [[1, 2], [3], [4, 5]]
+    assert c == [0, 0, 1] and r == [1, 2, 0]
+    assert [rows[i] for i in c] == [[1, 2], [1, 2], [3]] and [rows[i] for i in r] == [[3], [4, 5], [1, 2]]
+
+
+def ranking_pairs_of(prompts: int, k: int = 4) -> list[rm.PreferenceExample]:
+    """All k-choose-2 pairs of k answers per prompt, twice (as two labelers' answers would give):
+    answer j says "blue" j times, more blue is better."""
+    pairs = []
+    for q in range(prompts):
+        prompt = [{"role": "user", "content": f"{PROMPTS[q % len(PROMPTS)]} ({q})"}]
+        answers = [" ".join(["blue"] * j + ["red"] * (k - j)) for j in range(k)]
+        for _ in range(2):
+            pairs += [rm.PreferenceExample(prompt, answers[j], answers[i]) for i in range(k) for j in range(i + 1, k)]
+    return pairs
+
+
+def test_by_prompt_forwards_each_response_once_with_the_same_loss(tiny_model_dir, tmp_path):
+    """by_prompt: a micro-batch holds one prompt's 12 pairs and forwards its 4 answers once (not 24 rows),
+    and the loss it logs is the Bradley-Terry loss of those 12 pairs scored one by one."""
+    from accelerate.utils import set_seed
+
+    pairs = ranking_pairs_of(3)
+    cfg = cfg_for(tiny_model_dir, tmp_path, by_prompt=True, epochs=1, batch_size=12, log_every=1, eval_fraction=0,
+                  lr=1e-12, bucket=False)
+    set_seed(cfg.seed)  # the head that train() will initialise, to score the pairs one by one
+    fresh, tok = reward.load_reward_model(cfg.model, num_heads=1)
+    rows = []
+    backbone = None
+
+    def count(module, args, kwargs):
+        if torch.is_grad_enabled():
+            rows.append(kwargs.get("input_ids", args[0] if args else None).shape[0])
+
+    import tether.reward as R
+    real = R.load_reward_model
+
+    def spy(*a, **kw):
+        nonlocal backbone
+        model, t = real(*a, **kw)
+        backbone = model.model
+        backbone.register_forward_pre_hook(count, with_kwargs=True)
+        return model, t
+
+    R.load_reward_model = spy
+    try:
+        result = rm.train(cfg, pairs, show_progress=False)
+    finally:
+        R.load_reward_model = real
+    assert result.steps == 3 and rows == [4, 4, 4]  # one prompt (12 pairs, 4 answers) per step
+    first = [json.loads(x) for x in (result.out_dir / "metrics.jsonl").read_text().splitlines()][0]
+    prompts = {json.dumps(p.prompt) for p in pairs}
+    with torch.no_grad():
+        per_prompt = []
+        for q in prompts:  # the logged loss is the mean over the step's pairs, one prompt per step
+            mine = [p for p in pairs if json.dumps(p.prompt) == q]
+            c = reward.score_texts(fresh.train(), tok, [(p.prompt, p.chosen, True) for p in mine], normalise_scores=False)
+            r = reward.score_texts(fresh, tok, [(p.prompt, p.rejected, True) for p in mine], normalise_scores=False)
+            per_prompt.append(bradley_terry_loss(c[:, 0], r[:, 0])[0].item())
+    assert any(abs(first["loss"] - x) < 1e-5 for x in per_prompt)
 
 
 # --- training ---------------------------------------------------------------------------------------

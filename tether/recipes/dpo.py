@@ -52,8 +52,8 @@ from tether.recipes.common import (accumulating, all_sum, grad_norm_value, make_
                                    step_micro_batches)
 from tether.recipes.pairs import (PairTokens, collate, encode_pair, read_pairs,  # noqa: F401 (read_pairs: the CLI's)
                                   response_counts)
-from tether.recipes.rm import (PreferenceExample, batches_keeping_groups,
-                               split_eval)
+from tether.recipes.batching import batches_keeping_groups, split_eval
+from tether.recipes.rm import PreferenceExample
 from tether.rollout import plain_head
 
 

@@ -9,6 +9,11 @@ margins (Llama 2, Touvron et al. 2023, eq. 2); H > 1 heads over one backbone for
 which head h weighs pair i by its bootstrap count (each head sees its own resample, so the heads
 disagree where data is thin); ratings can add an MSE term on the mean head. Pairs of one ranking
 (one `group`) always share a batch, as in InstructGPT, but are not collapsed into one K-way loss.
+With `by_prompt` (the default) all pairs of one prompt share a micro-batch, and every distinct response
+in a micro-batch is forwarded once, however many pairs it is in: InstructGPT (sec. 3.5) trains on a
+prompt's K-choose-2 comparisons as one batch element because that needs one forward pass per
+completion and, no longer showing each completion in K-1 separate updates, stops the overfitting.
+With 3 labelers per item and rankings of 4 answers, a prompt's ~15-30 pairs cover 4 responses a round.
 A "step" is one optimizer step = `grad_accum` micro-batches of `batch_size` pairs on each process.
 The batch plan for all epochs is drawn up front from the seed, so a resumed run skips exactly the
 steps it already took and ends at the same step count.
@@ -33,6 +38,8 @@ from tether import reward
 from tether.algos.losses import bradley_terry_loss
 from tether.errors import TetherError
 from tether.models import BUNDLED, LoraSettings
+from tether.recipes.batching import (batches_keeping_groups, bootstrap_weights, distinct_rows,  # noqa: F401
+                                     pair_groups, split_eval)  # (tests and callers reach them through rm too)
 from tether.recipes.common import (accumulating, all_sum, grad_norm_value, make_accelerator, save_checkpoint,
                                    step_micro_batches, training_attention)
 
@@ -65,7 +72,9 @@ class RMConfig:
     train_layers: int | None = None  # train only the top N transformer layers (+ final norm, head); no backward below
     lr: float | None = None  # None: 1e-5 full fine-tuning (InstructGPT used 9e-6), 1e-4 with LoRA
     epochs: int = 1  # InstructGPT: one epoch; more overfits
-    batch_size: int = 8  # pairs per micro-batch (chosen + rejected = 2x rows in one forward)
+    batch_size: int = 8  # pairs per micro-batch (their distinct responses are the rows of one forward)
+    by_prompt: bool = True  # all pairs of a prompt in one micro-batch (a prompt with more pairs than batch_size
+    # gets one of its own); held-out pairs are whole prompts. False: pairs are batched alone (or by `group`)
     grad_accum: int = 1  # micro-batches per optimizer step
     max_length: int = 512  # tokens per row; longer rows lose the left of the prompt
     bucket: bool = True  # batch pairs of similar length together (less padding), batch order still random
@@ -132,72 +141,6 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: 
     return ece
 
 
-def _units(groups: list[int | None]) -> list[list[int]]:
-    """Indices bundled by group (an ungrouped pair is its own unit), in order of first appearance."""
-    units: dict[tuple, list[int]] = {}
-    for i, g in enumerate(groups):
-        units.setdefault(("i", i) if g is None else ("g", g), []).append(i)
-    return list(units.values())
-
-
-def batches_keeping_groups(groups: list[int | None], batch_size: int, rng: random.Random,
-                           lengths: list[int] | None = None, window: int = 8) -> list[list[int]]:
-    """One epoch of batches: shuffle the groups, then fill batches in order without splitting a group.
-
-    A group that does not fit in the current batch starts the next one; a group larger than
-    `batch_size` becomes one oversized batch of its own (its pairs are never split). With `lengths`
-    (tokens per pair), the shuffled units are sorted by length within windows of `window` batches
-    before filling, and the batches are shuffled again: each batch holds pairs of similar length,
-    so less padding is computed, while the order of batches stays random."""
-    units = _units(groups)
-    rng.shuffle(units)
-    if lengths is not None:
-        def longest(unit: list[int]) -> int:
-            return max(lengths[i] for i in unit)
-
-        bucketed, chunk, count = [], [], 0
-        for unit in units:
-            chunk.append(unit)
-            count += len(unit)
-            if count >= window * batch_size:
-                bucketed += sorted(chunk, key=longest)
-                chunk, count = [], 0
-        units = bucketed + sorted(chunk, key=longest)
-    batches, current = [], []
-    for unit in units:
-        if current and len(current) + len(unit) > batch_size:
-            batches.append(current)
-            current = []
-        current = current + unit
-    if current:
-        batches.append(current)
-    if lengths is not None:
-        rng.shuffle(batches)
-    return batches
-
-
-def bootstrap_weights(n: int, heads: int, seed: int) -> torch.Tensor:
-    """(n, heads) bootstrap counts: column h counts how often each pair appears in a resample of n
-    pairs with replacement (each column sums to n). One head: all ones (no resampling)."""
-    if heads == 1:
-        return torch.ones((n, 1))
-    gen = torch.Generator().manual_seed(seed)
-    draws = torch.randint(n, (heads, n), generator=gen)  # (H, n)
-    return torch.stack([torch.bincount(d, minlength=n) for d in draws], dim=1).float()  # (n, H)
-
-
-def split_eval(pairs: list[PreferenceExample], fraction: float, seed: int):
-    """(train, eval): about `fraction` of the pairs held out, whole groups at a time."""
-    units = _units([p.group for p in pairs])
-    random.Random(seed).shuffle(units)
-    want, held = round(fraction * len(pairs)), set()
-    for unit in units:
-        if len(held) >= want or len(held) + len(unit) >= len(pairs):
-            break
-        held.update(unit)
-    return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]
-
-
 @torch.no_grad()
 def evaluate_ratings(model, tokenizer, ratings: list[RatingExample], batch_size: int = 16,
                      max_length: int = 512) -> dict:
@@ -218,10 +161,14 @@ def evaluate(model, tokenizer, pairs: list[PreferenceExample], batch_size: int =
     """Held-out metrics on raw (unnormalised) rewards: accuracy and BT loss of the mean head, mean
     margin, calibration of P(chosen) = σ(r_c - r_r) (ECE over both orders of each pair, so labels are
     not all 1; Brier score), per-head accuracy and the mean ensemble std over all responses."""
-    rc = reward.score_texts(model, tokenizer, [(p.prompt, p.chosen, p.chosen_finished) for p in pairs],
-                            batch_size, max_length, normalise_scores=False)  # (N, H)
-    rr = reward.score_texts(model, tokenizer, [(p.prompt, p.rejected, p.rejected_finished) for p in pairs],
-                            batch_size, max_length, normalise_scores=False)  # (N, H)
+    items = list(dict.fromkeys([(json.dumps(p.prompt, sort_keys=True), p.chosen, p.chosen_finished) for p in pairs]
+                               + [(json.dumps(p.prompt, sort_keys=True), p.rejected, p.rejected_finished)
+                                  for p in pairs]))  # each distinct response once
+    at = {item: i for i, item in enumerate(items)}
+    scores = reward.score_texts(model, tokenizer, [(json.loads(q), r, f) for q, r, f in items], batch_size,
+                                max_length, normalise_scores=False)  # (U, H)
+    rc = scores[[at[(json.dumps(p.prompt, sort_keys=True), p.chosen, p.chosen_finished)] for p in pairs]]  # (N, H)
+    rr = scores[[at[(json.dumps(p.prompt, sort_keys=True), p.rejected, p.rejected_finished)] for p in pairs]]  # (N, H)
     (mc, sc), (mr, sr) = reward.ensemble_stats(rc), reward.ensemble_stats(rr)  # (N,) each
     loss, accuracy = bradley_terry_loss(mc, mr)
     p = torch.sigmoid(mc - mr)  # (N,)
@@ -283,7 +230,8 @@ def train(cfg: RMConfig, pairs: list[PreferenceExample], eval_pairs: list[Prefer
     if cfg.train_layers is not None:
         reward.freeze_below(model, cfg.train_layers)
     if eval_pairs is None:
-        pairs, eval_pairs = split_eval(pairs, cfg.eval_fraction, cfg.seed) if cfg.eval_fraction > 0 else (pairs, [])
+        pairs, eval_pairs = (split_eval(pairs, cfg.eval_fraction, cfg.seed, cfg.by_prompt) if cfg.eval_fraction > 0
+                             else (pairs, []))
     eval_ratings: list[RatingExample] = []
     if ratings_only and cfg.eval_fraction > 0 and len(ratings) > 1:  # hold out ratings instead
         held = set(random.Random(cfg.seed).sample(range(len(ratings)), max(1, round(cfg.eval_fraction * len(ratings)))))
@@ -295,6 +243,7 @@ def train(cfg: RMConfig, pairs: list[PreferenceExample], eval_pairs: list[Prefer
 
     chosen = [enc(p.prompt, p.chosen, p.chosen_finished) for p in pairs]
     rejected = [enc(p.prompt, p.rejected, p.rejected_finished) for p in pairs]
+    rows, c_at, r_at = distinct_rows(chosen, rejected)
     rated = [enc(r.prompt, r.response, r.finished) for r in ratings or []]
     targets = torch.tensor([r.target for r in ratings or []], dtype=torch.float32)  # (R,)
     weights = torch.tensor([p.weight for p in pairs])[:, None]  # (N, 1)
@@ -308,7 +257,7 @@ def train(cfg: RMConfig, pairs: list[PreferenceExample], eval_pairs: list[Prefer
         plan = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
     else:
         plan = [b for _ in range(cfg.epochs)
-                for b in batches_keeping_groups([p.group for p in pairs], cfg.batch_size, rng, lengths)]
+                for b in batches_keeping_groups(pair_groups(pairs, cfg.by_prompt), cfg.batch_size, rng, lengths)]
     per_step = cfg.grad_accum * world
     total_steps = math.ceil(len(plan) / per_step)
     rating_order = rng.sample(range(len(rated)), len(rated))
@@ -374,15 +323,19 @@ def train(cfg: RMConfig, pairs: list[PreferenceExample], eval_pairs: list[Prefer
                 batch, n = ([], 0) if ratings_only else (plan[m], len(plan[m]))
                 extra = plan[m] if ratings_only else [rating_order[(m * per_rating_batch + j) % len(rated)]
                                                       for j in range(per_rating_batch)]
-                input_ids, mask = reward.pad_batch([chosen[i] for i in batch] + [rejected[i] for i in batch]
-                                                   + [rated[j] for j in extra], pad)  # (2B + R, T)
+                distinct = list(dict.fromkeys([c_at[i] for i in batch] + [r_at[i] for i in batch]))  # U rows
+                where = {row: j for j, row in enumerate(distinct)}
+                input_ids, mask = reward.pad_batch([rows[u] for u in distinct] + [rated[j] for j in extra],
+                                                   pad)  # (U + R, T)
                 with accumulating(accelerator, scorer, k == len(micro) - 1):
-                    r = scorer(input_ids.to(device), mask.to(device))  # (2B + R, H)
-                    loss, acc = weighted_bt_loss(r[:n], r[n:2 * n], weights[batch].to(device),
+                    r = scorer(input_ids.to(device), mask.to(device))  # (U + R, H)
+                    rc = r[[where[c_at[i]] for i in batch]]  # (B, H)
+                    rr = r[[where[r_at[i]] for i in batch]]  # (B, H)
+                    loss, acc = weighted_bt_loss(rc, rr, weights[batch].to(device),
                                                  margins[batch].to(device) if margins is not None else None) \
                         if n else (r.new_zeros(()), r.new_zeros(()))
                     if extra:
-                        mse = ((r[2 * n:].mean(-1) - targets[extra].to(device)) ** 2).mean()  # ()
+                        mse = ((r[len(distinct):].mean(-1) - targets[extra].to(device)) ** 2).mean()  # ()
                         loss = loss + (1.0 if ratings_only else cfg.regression_weight) * mse
                         window["mse"] += mse.item() * real
                     accelerator.backward(loss * (real * world / n_step))  # the mean over the step's micro-batches
