@@ -182,7 +182,9 @@ def rm(model: Optional[str] = typer.Option(None, help="Start from this model (de
        lora_r: Optional[int] = typer.Option(None, "--lora-r", help="Train LoRA adapters of this rank (and the head)."),
        train_layers: Optional[int] = typer.Option(None, "--train-layers", help="Train only the top N layers "
                                                   "(and the head): much cheaper on a CPU."),
-       epochs: int = typer.Option(1), batch_size: int = typer.Option(8, "--batch-size"),
+       epochs: int = typer.Option(1), batch_size: int = typer.Option(8, "--batch-size", help="Pairs per micro-batch."),
+       by_prompt: bool = typer.Option(True, "--by-prompt/--by-pair", help="All pairs of a prompt in one micro-batch, "
+                                      "each distinct answer forwarded once (default), or pairs batched alone."),
        lr: Optional[float] = typer.Option(None, help="Default 1e-5 (full) or 1e-4 (LoRA)."),
        max_length: int = typer.Option(512, "--max-length"),
        labelers: str = typer.Option("downweight", help="Flagged labelers: downweight, exclude or keep."),
@@ -221,7 +223,7 @@ def rm(model: Optional[str] = typer.Option(None, help="Start from this model (de
     out = shared_run_dir(ws, "rm", resume)  # under `accelerate launch`: one folder, picked by the main process
     main = launched()[0] == 0
     cfg = recipe.RMConfig(model=model or ws.config.policy, num_heads=heads, epochs=epochs, batch_size=batch_size,
-                          lr=lr, max_length=max_length, dtype=resolve_dtype(dtype), threads=ws.config.threads or os.cpu_count(),
+                          by_prompt=by_prompt, lr=lr, max_length=max_length, dtype=resolve_dtype(dtype), threads=ws.config.threads or os.cpu_count(),
                           lora=LoraSettings(r=lora_r, alpha=2 * lora_r) if lora_r else None, train_layers=train_layers,
                           regression_weight=regression_weight or 1.0, out_dir=str(out))
     run_id = store.start_run("rm", ws.config.round, {k: str(v) for k, v in vars(cfg).items()}, str(out)) if main else None

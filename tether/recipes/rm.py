@@ -11,9 +11,9 @@ disagree where data is thin); ratings can add an MSE term on the mean head. Pair
 (one `group`) always share a batch, as in InstructGPT, but are not collapsed into one K-way loss.
 With `by_prompt` (the default) all pairs of one prompt share a micro-batch, and every distinct response
 in a micro-batch is forwarded once, however many pairs it is in: InstructGPT (sec. 3.5) trains on a
-prompt's K-choose-2 comparisons as one batch element because that needs one forward pass per
-completion and, no longer showing each completion in K-1 separate updates, stops the overfitting.
-With 3 labelers per item and rankings of 4 answers, a prompt's ~15-30 pairs cover 4 responses a round.
+prompt's K-choose-2 comparisons as one batch element, which needs one forward pass per completion and,
+it reports, overfits less than showing each completion in K-1 separate updates. In the demo (3
+labelers per item, some items rankings of 4) a prompt's ~14 pairs a round cover its 4 answers.
 A "step" is one optimizer step = `grad_accum` micro-batches of `batch_size` pairs on each process.
 The batch plan for all epochs is drawn up front from the seed, so a resumed run skips exactly the
 steps it already took and ends at the same step count.
@@ -161,14 +161,12 @@ def evaluate(model, tokenizer, pairs: list[PreferenceExample], batch_size: int =
     """Held-out metrics on raw (unnormalised) rewards: accuracy and BT loss of the mean head, mean
     margin, calibration of P(chosen) = σ(r_c - r_r) (ECE over both orders of each pair, so labels are
     not all 1; Brier score), per-head accuracy and the mean ensemble std over all responses."""
-    items = list(dict.fromkeys([(json.dumps(p.prompt, sort_keys=True), p.chosen, p.chosen_finished) for p in pairs]
-                               + [(json.dumps(p.prompt, sort_keys=True), p.rejected, p.rejected_finished)
-                                  for p in pairs]))  # each distinct response once
-    at = {item: i for i, item in enumerate(items)}
-    scores = reward.score_texts(model, tokenizer, [(json.loads(q), r, f) for q, r, f in items], batch_size,
+    chosen = [(json.dumps(p.prompt, sort_keys=True), p.chosen, p.chosen_finished) for p in pairs]
+    rejected = [(json.dumps(p.prompt, sort_keys=True), p.rejected, p.rejected_finished) for p in pairs]
+    at = {item: i for i, item in enumerate(dict.fromkeys(chosen + rejected))}  # each distinct response once
+    scores = reward.score_texts(model, tokenizer, [(json.loads(q), r, f) for q, r, f in at], batch_size,
                                 max_length, normalise_scores=False)  # (U, H)
-    rc = scores[[at[(json.dumps(p.prompt, sort_keys=True), p.chosen, p.chosen_finished)] for p in pairs]]  # (N, H)
-    rr = scores[[at[(json.dumps(p.prompt, sort_keys=True), p.rejected, p.rejected_finished)] for p in pairs]]  # (N, H)
+    rc, rr = scores[[at[c] for c in chosen]], scores[[at[r] for r in rejected]]  # (N, H) each
     (mc, sc), (mr, sr) = reward.ensemble_stats(rc), reward.ensemble_stats(rr)  # (N,) each
     loss, accuracy = bradley_terry_loss(mc, mr)
     p = torch.sigmoid(mc - mr)  # (N,)
