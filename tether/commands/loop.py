@@ -45,9 +45,9 @@ def loop(rounds: int = typer.Option(2, help="Rounds of sample -> feedback -> rew
          rm_train_layers: Optional[int] = typer.Option(4, "--rm-train-layers", help="Reward model: train only the "
                                                        "top N layers and the head (0: all)."),
          rm_heads: int = typer.Option(1, "--rm-heads", help="Reward model ensemble heads."),
-         rm_epochs: int = typer.Option(1, "--rm-epochs", help="Reward model: passes over the feedback."),
-         rm_lr: Optional[float] = typer.Option(None, "--rm-lr", help="Reward model learning rate (default: the "
-                                               "rm recipe's, 1e-5; 1e-4 with LoRA)."),
+         rm_epochs: int = typer.Option(2, "--rm-epochs", help="Reward model: passes over the feedback."),
+         rm_lr: Optional[float] = typer.Option(None, "--rm-lr", help="Reward model learning rate (default 5e-5; "
+                                               "1e-4 with LoRA)."),
          rm_continue: bool = typer.Option(False, "--rm-continue/--rm-retrain", help="Rounds after the first: "
                                           "retrain the reward model from the SFT model on all feedback so far "
                                           "(default), or continue the last round's on the new feedback only "
@@ -137,12 +137,12 @@ def demo(directory: Path = typer.Option(Path("demo-workspace"), "--dir", help="W
 
     quiet_transformers()
     default_lr, default_kl = DEMO_POLICY.get(algorithm, (None, 0.05))
-    # reward model: 2 epochs at 5e-5 over the top 8 layers (each prompt's pairs one batch element): on round 0's
-    # feedback of a demo run it agreed with gold on 66.8 % of held-out answer pairs, against 62.4 % for 1 epoch of
-    # pairs at 1e-5, in 70 s instead of 96 s (bench/RESULTS.md)
+    # reward model: the loop's 2 epochs at 5e-5, over the top 8 layers (each prompt's pairs one batch element): on
+    # round 0's feedback of a demo run it agreed with gold on 66.8 % of held-out answer pairs, against 62.4 % for 1
+    # epoch of pairs at 1e-5, in 70 s instead of 96 s (bench/RESULTS.md)
     cfg = recipe.LoopConfig(rounds=rounds, algorithm=algorithm, updates=updates, prompts_per_round=prompts,
                             items=3 * prompts, max_new_tokens=max_new_tokens, dtype=resolve_dtype(dtype),
-                            lr=default_lr if lr is None else lr, rm_train_layers=8, rm_epochs=2, rm_lr=5e-5,
+                            lr=default_lr if lr is None else lr, rm_train_layers=8,
                             kl_coef=default_kl if kl_coef is None else kl_coef,
                             seed=seed)  # 3 labeling items per prompt
     recipe.check(cfg)
