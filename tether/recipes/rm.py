@@ -38,8 +38,7 @@ from tether import reward
 from tether.algos.losses import bradley_terry_loss
 from tether.errors import TetherError
 from tether.models import BUNDLED, LoraSettings
-from tether.recipes.batching import (batches_keeping_groups, bootstrap_weights, distinct_rows,  # noqa: F401
-                                     pair_groups, split_eval)  # (tests and callers reach them through rm too)
+from tether.recipes.batching import batches_keeping_groups, bootstrap_weights, distinct_rows, pair_groups, split_eval
 from tether.recipes.common import (accumulating, all_sum, grad_norm_value, make_accelerator, save_checkpoint,
                                    step_micro_batches, training_attention)
 
