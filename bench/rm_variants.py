@@ -33,6 +33,7 @@ VARIANTS = {  # name: RMConfig fields over the defaults below
     "prompt-5e-5": dict(by_prompt=True, epochs=2, lr=5e-5),  # tether loop's default since 2026-12-06
     "prompt-1e-4": dict(by_prompt=True, epochs=2, lr=1e-4),
     "prompt-12-layers": dict(by_prompt=True, epochs=2, train_layers=12),
+    "prompt-12-layers-5e-5": dict(by_prompt=True, epochs=2, train_layers=12, lr=5e-5),
     "prompt-2-layers-1e-4": dict(by_prompt=True, epochs=2, train_layers=2, lr=1e-4),
 }
 
