@@ -160,12 +160,13 @@ def evaluate(model, tokenizer, pairs: list[PreferenceExample], batch_size: int =
     """Held-out metrics on raw (unnormalised) rewards: accuracy and BT loss of the mean head, mean
     margin, calibration of P(chosen) = σ(r_c - r_r) (ECE over both orders of each pair, so labels are
     not all 1; Brier score), per-head accuracy and the mean ensemble std over all responses."""
-    chosen = [(json.dumps(p.prompt, sort_keys=True), p.chosen, p.chosen_finished) for p in pairs]
-    rejected = [(json.dumps(p.prompt, sort_keys=True), p.rejected, p.rejected_finished) for p in pairs]
-    at = {item: i for i, item in enumerate(dict.fromkeys(chosen + rejected))}  # each distinct response once
-    scores = reward.score_texts(model, tokenizer, [(json.loads(q), r, f) for q, r, f in at], batch_size,
-                                max_length, normalise_scores=False)  # (U, H)
-    rc, rr = scores[[at[c] for c in chosen]], scores[[at[r] for r in rejected]]  # (N, H) each
+    def enc(prompt, response, finished):
+        return reward.encode_pair_text(tokenizer, prompt, response, finished, max_length=max_length)
+
+    rows, c_at, r_at = distinct_rows([enc(p.prompt, p.chosen, p.chosen_finished) for p in pairs],
+                                     [enc(p.prompt, p.rejected, p.rejected_finished) for p in pairs])
+    scores = reward.score_ids(model, rows, batch_size)  # (U, H) raw, each distinct response once
+    rc, rr = scores[c_at], scores[r_at]  # (N, H) each
     (mc, sc), (mr, sr) = reward.ensemble_stats(rc), reward.ensemble_stats(rr)  # (N,) each
     loss, accuracy = bradley_terry_loss(mc, mr)
     p = torch.sigmoid(mc - mr)  # (N,)
