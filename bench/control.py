@@ -111,7 +111,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/tether-bench-control"))
     ap.add_argument("--imitation", action="store_true",
                     help="also run imitation's PreferenceComparisons (first; its env steps set the budget)")
+    ap.add_argument("--arms", default="tether,ppo_true_reward",
+                    help="comma-separated arms besides imitation (tether, ppo_true_reward; '' for imitation alone)")
     args = ap.parse_args()
+    arms = [a for a in args.arms.split(",") if a]
+    if set(arms) - {"tether", "ppo_true_reward"} or not (arms or args.imitation):
+        sys.exit(f"--arms: a comma-separated subset of tether,ppo_true_reward, got {args.arms!r}")
     if args.imitation:
         if args.behaviour:
             sys.exit("--imitation compares on the env's reward only (imitation's labeler reads the env reward)")
@@ -127,10 +132,13 @@ def main() -> None:
         if args.imitation:
             row["imitation"] = imitation_arm(args.env, args.steps, args.labels, seed, args.fragment_length, args.out)
             steps = row["imitation"]["env_steps"]
-        row["tether"] = tether_control(args.env, steps, args.labels, seed, args.out, selection=args.selection,
-                                       fragment_length=args.fragment_length, behaviour=behaviour,
-                                       behaviour_name=args.behaviour or "env-reward", eval_every=10**9)  # final only
-        row["ppo_true_reward"] = true_reward_ppo(args.env, row["tether"]["env_steps"], seed, behaviour=behaviour)
+        if "tether" in arms:
+            row["tether"] = tether_control(args.env, steps, args.labels, seed, args.out, selection=args.selection,
+                                           fragment_length=args.fragment_length, behaviour=behaviour,
+                                           behaviour_name=args.behaviour or "env-reward", eval_every=10**9)
+            steps = row["tether"]["env_steps"]  # whole rollouts, clip collection counted
+        if "ppo_true_reward" in arms:
+            row["ppo_true_reward"] = true_reward_ppo(args.env, steps, seed, behaviour=behaviour)
         rows.append(row)
         print(json.dumps(row), flush=True)
     import numpy as np
@@ -139,16 +147,17 @@ def main() -> None:
         v = [r[arm][key] for r in rows]
         return f"{np.mean(v):.1f}" + (f" ± {np.std(v, ddof=1):.1f}" if len(v) > 1 else "")
 
-    base_ret = np.mean([r["ppo_true_reward"]["eval_return"] for r in rows])
-    base_s = np.mean([r["ppo_true_reward"]["seconds"] for r in rows])
+    base = "ppo_true_reward" if "ppo_true_reward" in arms else None
+    base_ret = np.mean([r[base]["eval_return"] for r in rows]) if base else 0.0
+    base_s = np.mean([r[base]["seconds"] for r in rows]) if base else 0.0
     print(f"{args.env}, {len(rows)} seed(s), {args.labels} labels; env steps: "
           + ", ".join(f"{arm} {int(np.mean([r[arm]['env_steps'] for r in rows]))}" for arm in rows[0] if arm != "seed"))
     for arm in [a for a in rows[0] if a != "seed"]:
         ret = np.mean([r[arm]["eval_return"] for r in rows])
         sec = np.mean([r[arm]["seconds"] for r in rows])
         share = f" ({ret / base_ret:6.1%} of true-reward PPO's)" if base_ret > 0 else ""  # negative returns: no ratio
-        print(f"  {arm:16s} true return {stat(arm, 'eval_return'):>16s}{share}"
-              f"   wall {sec:6.0f} s ({sec / base_s:.2f}x true-reward PPO's)")
+        ratio = f" ({sec / base_s:.2f}x true-reward PPO's)" if base else ""
+        print(f"  {arm:16s} true return {stat(arm, 'eval_return'):>16s}{share}   wall {sec:6.0f} s{ratio}")
 
 
 if __name__ == "__main__":
