@@ -41,9 +41,7 @@ policy pass). The training forward never holds the (B, T, V) logits whole (`roll
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
 import json
 import math
 import shutil
@@ -53,17 +51,16 @@ from pathlib import Path
 
 import torch
 
-from tether import models, reward, rollout, rollout_vllm
+from tether import models, rollout, rollout_vllm
 from tether.algos.advantages import grpo_advantages, masked_mean, rloo_advantages
 from tether.algos.kl import kl_k3
 from tether.algos.offpolicy import truncated_importance_weights
 from tether.algos.losses import logprobs_from_logits, ppo_policy_loss
 from tether.errors import TetherError
 from tether.models import prompt_text
-from tether.recipes.common import (GoldFn, MetricsLog, Prompt, RewardFn, accelerate_broadcast, accumulating, all_sum,
-                                   frozen, gather_cpu, grad_norm_value, load_checkpoint_state, make_accelerator, prompt_order,
-                                   save_checkpoint, training_attention)
-from tether.recipes.ppo import trim
+from tether.recipes import rl
+from tether.recipes.common import (GoldFn, MetricsLog, Prompt, RewardFn, accumulating, all_sum, gather_cpu,
+                                   grad_norm_value, make_accelerator, prompt_order, save_checkpoint)
 from tether.rollout import ResponseLogits, group_logits, pack
 
 ESTIMATORS = {"rloo": rloo_advantages, "grpo": grpo_advantages}  # name -> f(rewards (B,), k) -> (B,)
@@ -194,15 +191,8 @@ def train(cfg: OnlineConfig, prompts: list[Prompt], reward_fn: RewardFn | None =
     out = Path(cfg.out_dir)
     ckpt = out / "checkpoint"
     set_seed(cfg.seed)
-    model, tok = models.load_policy(cfg.policy, lora=cfg.lora, attn_implementation=training_attention(device))
-    ref_model = None if cfg.lora else frozen(models.load_model(cfg.policy), device, cfg.dtype)
-    rm = rm_tok = None
-    if cfg.reward_model is not None:
-        rm, rm_tok = reward.load_reward_model(cfg.reward_model)
-        rm = frozen(rm, device, cfg.dtype)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    engine = rollout_vllm.VLLMRollout(models.resolve(cfg.policy), tok, seed=cfg.seed) \
-        if cfg.rollout_backend == "vllm" else None
+    ms = rl.load_models(cfg, device)  # policy, frozen reference and reward model, vLLM engine
+    model, tok, ref_model = ms.model, ms.tok, ms.ref
     batch_size = cfg.prompts_per_update * cfg.k  # samples per update and process
     mini = cfg.mini_batch_size or batch_size
     one_step = cfg.ppo_epochs == 1 and mini == batch_size  # one optimizer step per batch: groups stay together
@@ -210,14 +200,8 @@ def train(cfg: OnlineConfig, prompts: list[Prompt], reward_fn: RewardFn | None =
     # is 1 on that step). Unless decoding already gave them (float32) or vLLM's importance weights need them
     # first, they come from that forward instead of a no-grad pass of their own; KL in the reward (RLOO) is then
     # shaped, and the baseline taken, per micro-batch, which holds whole groups.
-    defer_logprobs = one_step and engine is None and cfg.dtype != "float32"
-
-    encoded = [models.encode_prompt(tok, p) for p in prompts]
-    keep = [i for i, ids in enumerate(encoded) if len(ids) <= cfg.max_prompt_length]
-    if not keep:
-        raise TetherError(f"{name}: no prompts of at most {cfg.max_prompt_length} tokens to train on")
-    prompts, encoded = [prompts[i] for i in keep], [encoded[i] for i in keep]
-    eval_prompts = [p for p in eval_prompts or [] if len(models.encode_prompt(tok, p)) <= cfg.max_prompt_length]
+    defer_logprobs = one_step and ms.engine is None and cfg.dtype != "float32"
+    prompts, encoded, eval_prompts = rl.keep_prompts(tok, prompts, eval_prompts, cfg.max_prompt_length, name)
 
     policy = ResponseLogits(model)
     # bf16 on CPU: sample from a bf16 copy (autocast would recast every weight at every decoding step)
@@ -228,38 +212,14 @@ def train(cfg: OnlineConfig, prompts: list[Prompt], reward_fn: RewardFn | None =
     scheduler = get_linear_schedule_with_warmup(optimizer, 0, cfg.updates if cfg.anneal_lr else 10**12)
     policy, optimizer = accelerator.prepare(policy, optimizer)
     accelerator.register_for_checkpointing(scheduler)
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items()
-                if k not in ("threads", "log_every", "eval_every", "checkpoint_every", "out_dir", "stop_after",
-                             "micro_batch_size", "rollout_backend")}
-    settings |= {"prompts_per_update": cfg.prompts_per_update * world,  # the global batch
-                 "mini_batch_size": cfg.mini_batch_size and cfg.mini_batch_size * world}
-    fingerprint = hashlib.sha256(json.dumps([settings, encoded, getattr(reward_fn, "__name__", None)],
-                                            default=str).encode()).hexdigest()
-    update = 0
-    state = load_checkpoint_state(ckpt) if resume and main else None
-    if resume and world > 1:
-        state = accelerate_broadcast(state)
-    if state is not None:
-        if state["fingerprint"] != fingerprint:
-            raise TetherError(f"{name}: {ckpt} was written for other prompts or settings (or another global "
-                              "batch: prompts_per_update x processes); remove it or run without --resume")
-        accelerator.load_state(str(ckpt))
-        update = state["update"]
+    fingerprint = rl.fingerprint(cfg, encoded, reward_fn, ("micro_batch_size",),  # global batch:
+                                 {"prompts_per_update": cfg.prompts_per_update * world,
+                                  "mini_batch_size": cfg.mini_batch_size and cfg.mini_batch_size * world})
+    state = rl.resume_state(accelerator, ckpt, resume, fingerprint, name, "prompts_per_update x processes")
+    update = state["update"] if state is not None else 0
     if main and update == 0:
         shutil.rmtree(ckpt, ignore_errors=True)
     metrics_log = MetricsLog(out, update, main)
-
-    def score(ps: list[Prompt], texts: list[str], finished: list[bool]) -> torch.Tensor:
-        """Reward (B,) of the responses: the RM's normalised ensemble mean, or the function's values."""
-        if rm is not None:
-            with accelerator.autocast():
-                r = reward.score_texts(rm, rm_tok, list(zip(ps, texts, finished)), cfg.micro_batch_size,
-                                       cfg.rm_max_length)  # (B, H)
-            return reward.ensemble_stats(r)[0]
-        values = list(reward_fn(ps, texts, finished))
-        if len(values) != len(texts) or not all(math.isfinite(float(v)) for v in values):
-            raise TetherError(f"{name}: the reward function must return {len(texts)} finite numbers, got {values[:4]}...")
-        return torch.tensor([float(v) for v in values], dtype=torch.float32)
 
     @torch.no_grad()
     def collect(batch: list[Prompt], ids: list[list[int]], seed: int, k: int = 1,
@@ -268,23 +228,11 @@ def train(cfg: OnlineConfig, prompts: list[Prompt], reward_fn: RewardFn | None =
         log-probs come from the decoding itself (float32), so the only extra no-grad pass is the reference's.
         `policy_logprobs=False`: leave them to the training forward (`defer_logprobs`)."""
         inner = accelerator.unwrap_model(policy).model
-        reuse = cfg.dtype == "float32" and engine is None  # else recompute them as training will see them
-        if engine is not None:  # vLLM: push the current weights, then sample
-            engine.load_weights(inner)
-            gens = engine.generate(list(enumerate(ids)), temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                                   seeds=seeds or [seed + j for j in range(len(ids))],
-                                   stop_ids=rollout.eos_ids(inner, tok))
-        else:  # under bf16 the decoding runs in bf16 too (the policy that training will see)
-            sampler = sampling_copy.sync(inner) if sampling_copy else inner
-            with accelerator.autocast() if not sampling_copy else contextlib.nullcontext():
-                gens = [g for b in rollout.generate(sampler, tok, list(enumerate(ids)), temperature=cfg.temperature,
-                                                    max_new_tokens=cfg.max_new_tokens, batch_size=len(ids), seed=seed,
-                                                    with_states=reuse, seeds=seeds) for g in b]
-            if sampling_copy:
-                sampling_copy.release()
+        reuse = cfg.dtype == "float32" and ms.engine is None  # else recompute them as training will see them
+        gens = rl.sample(ms, inner, sampling_copy, accelerator, ids, cfg, seed, seeds, with_states=reuse)
         gens.sort(key=lambda g: g.key)  # generation sorts by prompt length; groups stay consecutive
         responses = [g.token_ids + ([g.stop_token] if g.finished else []) for g in gens]
-        input_ids, attention, mask = pack(ids, responses, pad)
+        input_ids, attention, mask = pack(ids, responses, ms.pad)
         B, T = mask.shape
         width = input_ids.shape[1] - T
         labels = input_ids[:, width:]  # (B, T)
@@ -309,15 +257,11 @@ def train(cfg: OnlineConfig, prompts: list[Prompt], reward_fn: RewardFn | None =
                 cols["lp"][sl] = logprobs_from_logits(logits / cfg.temperature, y).cpu()
                 cols["raw"][sl] = logprobs_from_logits(logits, y).cpu()
         texts, finished = [g.text for g in gens], [g.finished for g in gens]
-        rm_scores = score(batch, texts, finished)
+        rm_scores = rl.score(ms, reward_fn, accelerator, batch, texts, finished, cfg.micro_batch_size,
+                             cfg.rm_max_length, name)[0]
         fin = torch.tensor(finished)
         scores = rm_scores - cfg.no_eos_penalty * (~fin).float()  # (B,)
-        eng = None
-        if engine is not None:  # the engine's log-probs beside the trainer's; one it did not report: no correction
-            eng = torch.zeros((B, T))
-            for row, g in enumerate(gens):
-                eng[row, :g.num_tokens] = g.logprobs
-            eng = torch.where(eng.isnan(), cols["lp"], eng)
+        eng = rl.engine_logprobs(gens, cols["lp"]) if ms.engine is not None else None
         return Samples(list(batch), texts, fin, input_ids, attention, mask, cols["lp"], cols["raw"], cols["ref"],
                        cols["ref_raw"], scores, rm_scores, eng)
 
@@ -382,7 +326,7 @@ def train(cfg: OnlineConfig, prompts: list[Prompt], reward_fn: RewardFn | None =
                 n_tok = torch.tensor(max(n_toks[str(j)], 1.0))  # tokens in this optimizer step
                 for i_micro, micro in enumerate(micros):
                     with accumulating(accelerator, policy, i_micro == len(micros) - 1):  # one all-reduce per step
-                        x, a, width, t = trim(ro, micro)
+                        x, a, width, t = rl.trim(ro.input_ids, ro.attention_mask, ro.mask, micro)
                         y = ro.input_ids[micro, ro.width:ro.width + t].to(device)  # (b, t)
                         m = ro.mask[micro, :t].to(device)  # (b, t)
                         new_lp, ent, raw_lp = policy(x.to(device), a.to(device), width, cfg.k if one_step else 1,

@@ -35,9 +35,7 @@ composition (not their distribution) depends on the process count.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
 import json
 import math
 import shutil
@@ -47,18 +45,17 @@ from pathlib import Path
 
 import torch
 
-from tether import models, reward, rollout, rollout_vllm
+from tether import models, rollout, rollout_vllm
 from tether.models import prompt_text
+from tether.recipes import rl
 from tether.rollout import head_logprobs, pack, response_hidden, response_logits
 from tether.algos.advantages import gae, kl_penalty_rewards, masked_mean
 from tether.algos.kl import AdaptiveKLController, FixedKLController, kl_k3
 from tether.algos.offpolicy import truncated_importance_weights
 from tether.algos.losses import logprobs_from_logits, ppo_policy_loss, value_loss
 from tether.errors import TetherError
-from tether.recipes.common import (GoldFn, MetricsLog, Prompt, RewardFn, accelerate_broadcast, all_sum, gather_cpu,
-                                   frozen, grad_norm_value, load_checkpoint_state, make_accelerator, masked_moments,
-                                   prompt_order, save_checkpoint, training_attention, whiten_across)
-
+from tether.recipes.common import (GoldFn, MetricsLog, Prompt, RewardFn, all_sum, gather_cpu, grad_norm_value,
+                                   make_accelerator, masked_moments, prompt_order, save_checkpoint, whiten_across)
 
 
 @dataclass
@@ -161,15 +158,6 @@ class PolicyWithValue(torch.nn.Module):
         return *head_logprobs(self.model, hidden, targets, temperature, entropy_grad)[:2], values
 
 
-def trim(ro: Rollout, idx: torch.Tensor):
-    """Rows `idx` of a rollout without the columns that are padding in every one of them:
-    (input_ids, attention_mask, width, t) where t = response columns kept."""
-    attn, mask = ro.attention_mask[idx], ro.mask[idx]
-    first = int(attn[:, :ro.width].any(0).long().argmax())  # first prompt column anyone uses
-    t = int(mask.any(0).nonzero().max()) + 1
-    return ro.input_ids[idx, first:ro.width + t], attn[:, first:ro.width + t], ro.width - first, t
-
-
 def train(cfg: PPOConfig, prompts: list[Prompt], reward_fn: RewardFn | None = None,
           eval_prompts: list[Prompt] | None = None, gold_fn: GoldFn | None = None,
           resume: bool = False, show_progress: bool = True) -> PPOResult:
@@ -201,22 +189,9 @@ def train(cfg: PPOConfig, prompts: list[Prompt], reward_fn: RewardFn | None = No
     out = Path(cfg.out_dir)
     ckpt = out / "checkpoint"
     set_seed(cfg.seed)
-    model, tok = models.load_policy(cfg.policy, lora=cfg.lora, attn_implementation=training_attention(device))
-    ref_model = None if cfg.lora else frozen(models.load_model(cfg.policy), device, cfg.dtype)
-    rm = rm_tok = None
-    if cfg.reward_model is not None:
-        rm, rm_tok = reward.load_reward_model(cfg.reward_model)
-        rm = frozen(rm, device, cfg.dtype)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    engine = rollout_vllm.VLLMRollout(models.resolve(cfg.policy), tok, seed=cfg.seed) \
-        if cfg.rollout_backend == "vllm" else None
-
-    encoded = [models.encode_prompt(tok, p) for p in prompts]
-    keep = [i for i, ids in enumerate(encoded) if len(ids) <= cfg.max_prompt_length]
-    if not keep:
-        raise TetherError(f"ppo: no prompts of at most {cfg.max_prompt_length} tokens to train on")
-    prompts, encoded = [prompts[i] for i in keep], [encoded[i] for i in keep]
-    eval_prompts = [p for p in eval_prompts or [] if len(models.encode_prompt(tok, p)) <= cfg.max_prompt_length]
+    ms = rl.load_models(cfg, device)  # policy, frozen reference and reward model, vLLM engine
+    model, tok, ref_model, rm = ms.model, ms.tok, ms.ref, ms.rm
+    prompts, encoded, eval_prompts = rl.keep_prompts(tok, prompts, eval_prompts, cfg.max_prompt_length, "ppo")
 
     policy = PolicyWithValue(model)
     # bf16 on CPU: sample from a bf16 copy (autocast would recast every weight at every decoding step)
@@ -229,61 +204,27 @@ def train(cfg: PPOConfig, prompts: list[Prompt], reward_fn: RewardFn | None = No
     accelerator.register_for_checkpointing(scheduler)
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target
               else FixedKLController(cfg.kl_coef))
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items()
-                if k not in ("threads", "log_every", "eval_every", "checkpoint_every", "out_dir", "stop_after",
-                             "rollout_backend")}
-    settings |= {"batch_size": cfg.batch_size * world, "mini_batch_size": cfg.mini_batch_size * world}  # global
-    fingerprint = hashlib.sha256(json.dumps([settings, encoded, getattr(reward_fn, "__name__", None)],
-                                            default=str).encode()).hexdigest()
+    fingerprint = rl.fingerprint(cfg, encoded, reward_fn, (), {"batch_size": cfg.batch_size * world,
+                                                              "mini_batch_size": cfg.mini_batch_size * world})
     update = 0
-    state = load_checkpoint_state(ckpt) if resume and main else None
-    if resume and world > 1:
-        state = accelerate_broadcast(state)
+    state = rl.resume_state(accelerator, ckpt, resume, fingerprint, "ppo", "batch_size x processes")
     if state is not None:
-        if state["fingerprint"] != fingerprint:
-            raise TetherError(f"ppo: {ckpt} was written for other prompts or settings (or another global batch: "
-                              "batch_size x processes); remove it or run without --resume")
-        accelerator.load_state(str(ckpt))
         kl_ctl.load_state_dict(state["kl_ctl"])
         update = state["update"]
     if main and update == 0:
         shutil.rmtree(ckpt, ignore_errors=True)
     metrics_log = MetricsLog(out, update, main)
 
-    def score(ps: list[Prompt], texts: list[str], finished: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(reward (B,), ensemble spread (B,)) for the responses."""
-        if rm is not None:
-            with accelerator.autocast():
-                r = reward.score_texts(rm, rm_tok, list(zip(ps, texts, finished)), cfg.mini_batch_size,
-                                       cfg.rm_max_length)  # (B, H)
-            return reward.ensemble_stats(r)
-        values = list(reward_fn(ps, texts, finished))
-        if len(values) != len(texts) or not all(math.isfinite(float(v)) for v in values):
-            raise TetherError(f"ppo: the reward function must return {len(texts)} finite numbers, got {values[:4]}...")
-        return torch.tensor(values, dtype=torch.float32), torch.zeros(len(texts))
-
     @torch.no_grad()
     def collect(batch: list[Prompt], ids: list[list[int]], seed: int, seeds: list[int] | None = None) -> Rollout:
         """Sample one response per prompt (`seeds`: one per prompt); log-probs and values come from the
         decoding itself (float32), so the only extra no-grad pass is the reference's."""
         inner = accelerator.unwrap_model(policy)
-        reuse = cfg.dtype == "float32" and engine is None  # else recompute them as training will see them
-        if engine is not None:  # vLLM: push the current weights, then sample
-            engine.load_weights(inner.model)
-            gens = engine.generate(list(enumerate(ids)), temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                                   seeds=seeds or [seed + j for j in range(len(ids))],
-                                   stop_ids=rollout.eos_ids(inner.model, tok))
-        else:  # under bf16 the decoding runs in bf16 too (the policy that training will see)
-            sampler = sampling_copy.sync(inner.model) if sampling_copy else inner.model
-            with accelerator.autocast() if not sampling_copy else contextlib.nullcontext():
-                gens = next(rollout.generate(sampler, tok, list(enumerate(ids)), temperature=cfg.temperature,
-                                             max_new_tokens=cfg.max_new_tokens, batch_size=len(ids), seed=seed,
-                                             with_states=reuse, seeds=seeds))
-            if sampling_copy:
-                sampling_copy.release()
+        reuse = cfg.dtype == "float32" and ms.engine is None  # else recompute them as training will see them
+        gens = rl.sample(ms, inner.model, sampling_copy, accelerator, ids, cfg, seed, seeds, with_states=reuse)
         order = [g.key for g in gens]  # generation sorts by prompt length
         responses = [g.token_ids + ([g.stop_token] if g.finished else []) for g in gens]
-        input_ids, attention, mask = pack([ids[i] for i in order], responses, pad)
+        input_ids, attention, mask = pack([ids[i] for i in order], responses, ms.pad)
         B, T = mask.shape
         width = input_ids.shape[1] - T
         labels = input_ids[:, width:]  # (B, T)
@@ -311,17 +252,13 @@ def train(cfg: PPOConfig, prompts: list[Prompt], reward_fn: RewardFn | None = No
             cols["ref_raw"][sl] = logprobs_from_logits(ref_logits.float(), y).cpu()
         texts, finished = [g.text for g in gens], [g.finished for g in gens]
         ps = [batch[i] for i in order]
-        rm_scores, rm_std = score(ps, texts, finished)
+        rm_scores, rm_std = rl.score(ms, reward_fn, accelerator, ps, texts, finished, cfg.mini_batch_size,
+                                     cfg.rm_max_length, "ppo")
         fin = torch.tensor(finished)
         scores = rm_scores - cfg.no_eos_penalty * (~fin).float()  # (B,)
         kl_raw = torch.where(mask, cols["raw"] - cols["ref_raw"], 0.0)
         kl3 = torch.where(mask, kl_k3(cols["raw"], cols["ref_raw"]), 0.0)
-        eng = None
-        if engine is not None:  # the engine's log-probs beside the trainer's; one it did not report: no correction
-            eng = torch.zeros((B, T))
-            for row, g in enumerate(gens):
-                eng[row, :g.num_tokens] = g.logprobs
-            eng = torch.where(eng.isnan(), cols["lp"], eng)
+        eng = rl.engine_logprobs(gens, cols["lp"]) if ms.engine is not None else None
         return Rollout(ps, texts, fin, input_ids, attention, mask, cols["lp"], cols["ref"], kl_raw, kl3,
                        cols["v"], scores, rm_scores, rm_std, eng)
 
@@ -377,7 +314,7 @@ def train(cfg: PPOConfig, prompts: list[Prompt], reward_fn: RewardFn | None = No
             glob = all_sum(accelerator, local)  # response tokens of each minibatch on all processes
             for j, mb in enumerate(mbs):
                 share = float(local[str(j)]) / max(glob[str(j)], 1.0)  # token means -> over the global minibatch
-                x, a, width, t = trim(ro, mb)
+                x, a, width, t = rl.trim(ro.input_ids, ro.attention_mask, ro.mask, mb)
                 m = ro.mask[mb, :t].to(device)
                 new_lp, ent, values = policy(x.to(device), a.to(device), width,  # (b, t) each
                                              targets=ro.input_ids[mb, ro.width:ro.width + t].to(device),
