@@ -78,11 +78,18 @@ def test_cut_off_response_gets_no_end_of_turn(bundled_tokenizer):
 
 
 def test_shared_prompt_rows_give_the_log_probs_of_separate_rows(tiny_model_dir, bundled_tokenizer):
-    """prompt‖chosen‖rejected in one row under the 4-D mask == the plain per-sequence log-probs."""
+    """prompt‖chosen‖rejected in one row under the 4-D mask == the plain per-sequence log-probs; the pairs
+    of a ranking (one prompt, three answers, three pairs) make one row holding each answer once."""
     model = sharpened(tiny_model_dir).eval()
     pairs = [PreferenceExample(r["prompt"], r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in TRL_ROWS]
     pairs.append(PreferenceExample("plain prompt", "yes", "no no no", True, False))
+    ranked = ["Blue, like the sea.", "Green.", "Red, red, red and more red."]  # best to worst
+    pairs += [PreferenceExample("Name a colour.", ranked[i], ranked[j]) for i in range(3) for j in range(i + 1, 3)]
     toks = [dpo.encode_pair(bundled_tokenizer, p, 512) for p in pairs]
+    shared = dpo.collate(toks, bundled_tokenizer.pad_token_id, True)
+    assert shared["input_ids"].shape[0] == 5  # four prompts of one pair each, one ranking
+    assert shared["seg"].max() + 1 == 2 * 4 + 3  # 11 distinct responses of 14 pair sides
+    assert shared["pick"][4:].tolist() == [[8, 9], [8, 10], [9, 10]]
     expected = []
     with torch.no_grad():
         for t in toks:
@@ -92,10 +99,10 @@ def test_shared_prompt_rows_give_the_log_probs_of_separate_rows(tiny_model_dir, 
                 expected.append(lp[len(t.prompt) - 1:].sum())
         expected = torch.stack(expected).view(-1, 2)
         for share in (True, False):
-            got = dpo._PairLogps(model)(**dpo.collate(toks, bundled_tokenizer.pad_token_id, share), n_pairs=len(toks))
+            got = dpo._PairLogps(model)(**dpo.collate(toks, bundled_tokenizer.pad_token_id, share))
             torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-6)
         model.config._attn_implementation = "eager"  # the mask becomes additive
-        got = dpo._PairLogps(model)(**dpo.collate(toks, bundled_tokenizer.pad_token_id, True), n_pairs=len(toks))
+        got = dpo._PairLogps(model)(**dpo.collate(toks, bundled_tokenizer.pad_token_id, True))
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-6)
 
 
@@ -109,13 +116,13 @@ def test_a_model_that_transforms_its_logits_runs_its_own_forward(tiny_model_dir,
     toks = [dpo.encode_pair(bundled_tokenizer, PreferenceExample("plain prompt", "yes", "no no no", True, False), 512)]
     batch = dpo.collate(toks, bundled_tokenizer.pad_token_id, True)
     with torch.no_grad():
-        fused = dpo._PairLogps(model)(**batch, n_pairs=1)
+        fused = dpo._PairLogps(model)(**batch)
         monkeypatch.setattr(rollout, "LOGIT_TRANSFORMS", ("num_hidden_layers",))
         assert rollout.plain_head(model) is None
         calls = []
         monkeypatch.setattr(type(model), "forward", lambda self, *a, _f=type(model).forward, **k: calls.append(1) or
                             _f(self, *a, **k))
-        own = dpo._PairLogps(model)(**batch, n_pairs=1)
+        own = dpo._PairLogps(model)(**batch)
     assert calls == [1]
     torch.testing.assert_close(own, fused, atol=1e-4, rtol=1e-6)
 
@@ -151,8 +158,8 @@ def test_loss_and_gradient_match_trl_dpo_trainer(tiny_model_dir, bundled_tokeniz
     batch = dpo.collate(toks, bundled_tokenizer.pad_token_id)
     policy = sharpened(tiny_model_dir).eval()
     with torch.no_grad():
-        ref = dpo._PairLogps(AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval())(**batch, n_pairs=3)  # (3, 2)
-    logps = dpo._PairLogps(policy)(**batch, n_pairs=3)  # (3, 2)
+        ref = dpo._PairLogps(AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval())(**batch)  # (3, 2)
+    logps = dpo._PairLogps(policy)(**batch)  # (3, 2)
     loss, stats = dpo.batch_loss(dpo.DPOConfig(loss=ours, beta=beta), 0.0, logps, ref, dpo.response_counts(toks),
                                  torch.ones(3))
     loss.backward()
@@ -258,7 +265,7 @@ def test_lora_reference_is_the_adapter_disabled_and_no_second_model(tiny_model_d
     toks = [dpo.encode_pair(result.tokenizer, p, 64) for p in colour_pairs(8)]
     with torch.no_grad():  # the cached reference is the base model's own log-probs
         base = forward(dpo._PairLogps(AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()),
-                       **dpo.collate(toks, result.tokenizer.pad_token_id), n_pairs=8)
+                       **dpo.collate(toks, result.tokenizer.pad_token_id))
     torch.testing.assert_close(torch.sort(cache["train"], 0)[0], torch.sort(base, 0)[0], atol=1e-4, rtol=1e-6)
     saved = AutoModelForCausalLM.from_pretrained(result.model_dir)  # adapters merged into a plain model
     start = AutoModelForCausalLM.from_pretrained(tiny_model_dir)

@@ -15,9 +15,10 @@ How this departs from the paper and from TRL's DPOTrainer:
   adapter disabled). TRL by default keeps a reference copy and runs it on every batch.
 - Chosen and rejected go through one forward pass, and by default share one row: prompt‖chosen‖rejected
   with a 4-D attention mask under which rejected tokens see the prompt but not chosen, and positions
-  that restart after the prompt, so the prompt is computed once per pair instead of twice. The log-probs
-  equal those of two separate rows (tested against TRL). `share_prompt=False` uses TRL's layout (2B rows).
-  (The layout: `tether.recipes.pairs.collate`.)
+  that restart after the prompt, so the prompt is computed once per pair instead of twice. Pairs of one
+  prompt in a batch share one row too, each distinct response in it once: a ranking of K answers gives
+  K(K-1)/2 pairs but K responses to compute. The log-probs equal those of two separate rows per pair
+  (tested against TRL). `share_prompt=False` uses TRL's layout (2B rows). (`tether.recipes.pairs.collate`.)
 - Only response positions go through the LM head, in chunks whose logits are recomputed in backward
   (`logprobs_from_hidden`): the (tokens x vocabulary) logits, the largest activation of a small model,
   are never held whole.
@@ -153,7 +154,7 @@ class _PairLogps(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, position_ids, attention_mask, src, tgt, seg, n_pairs: int):
+    def forward(self, input_ids, position_ids, attention_mask, src, tgt, seg, pick):
         inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         if attention_mask.dim() == 4 and inner.config._attn_implementation == "eager":  # eager adds the mask
             attention_mask = torch.zeros(attention_mask.shape, dtype=inner.dtype, device=attention_mask.device
@@ -166,21 +167,27 @@ class _PairLogps(torch.nn.Module):
         else:  # a head that scales or caps its logits: the model's own forward applies it, on every position
             logits = self.model(**kwargs).logits.flatten(0, 1)[src]  # (N, V)
             logps = logprobs_from_logits(logits[None], tgt[None], ignore_index=None)[0]  # (N,)
-        return logps.new_zeros(2 * n_pairs).index_add(0, seg, logps).view(n_pairs, 2)  # (B, 2)
+        per_response = logps.new_zeros(pick.numel()).index_add(0, seg, logps)  # (<= 2B,) summed per response
+        return per_response[pick]  # (B, 2)
 
 
 @torch.no_grad()
 def pair_logps(module, toks: list[PairTokens], batch_size: int, pad: int, share_prompt: bool, device,
                accelerator=None, progress=None) -> torch.Tensor:
-    """(N, 2) summed response log-probs of every pair, no gradients, longest pairs first in batches of
-    `batch_size`. With several processes each computes a share and the shares are summed."""
+    """(N, 2) summed response log-probs of every pair, no gradients, in batches of `batch_size` pairs:
+    the pairs of one prompt side by side (so `collate` computes their shared responses once), longest
+    prompts' pairs first. With several processes each computes a share and the shares are summed."""
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     out = torch.zeros((len(toks), 2), dtype=torch.float32)
-    order = sorted(range(len(toks)), key=lambda i: -(len(toks[i].prompt) + len(toks[i].chosen) + len(toks[i].rejected)))
+    longest: dict[tuple, int] = {}
+    for t in toks:
+        key = tuple(t.prompt)
+        longest[key] = max(longest.get(key, 0), len(t.prompt) + len(t.chosen) + len(t.rejected))
+    order = sorted(range(len(toks)), key=lambda i: (-longest[tuple(toks[i].prompt)], toks[i].prompt))
     for start in range(rank * batch_size, len(order), batch_size * world):
         idx = order[start:start + batch_size]
         b = collate([toks[i] for i in idx], pad, share_prompt)
-        out[idx] = module(**{k: v.to(device) for k, v in b.items()}, n_pairs=len(idx)).float().cpu()
+        out[idx] = module(**{k: v.to(device) for k, v in b.items()}).float().cpu()
         if progress:
             progress(len(idx) * world)
     if world > 1:
@@ -326,7 +333,7 @@ def train(cfg: DPOConfig, pairs: list[PreferenceExample], eval_pairs: list[Prefe
                 b = collate([toks[i] for i in batch], pad, cfg.share_prompt)
                 with accumulating(accelerator, policy, k == len(micro) - 1):
                     with accelerator.autocast():
-                        logps = policy(**{key: v.to(device) for key, v in b.items()}, n_pairs=len(batch))  # (B, 2)
+                        logps = policy(**{key: v.to(device) for key, v in b.items()})  # (B, 2)
                     loss, stats = batch_loss(cfg, eps, logps.float(), ref[batch].to(device), counts[batch].to(device),
                                              weights[batch].to(device))
                     accelerator.backward(loss * (real * world / n_step))  # the mean over the step's micro-batches
