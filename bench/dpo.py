@@ -4,6 +4,7 @@ pairs, batch size, max length, learning rate, beta and number of steps, in one r
     python bench/dpo.py [--steps 6 --batch-size 8 --max-length 128 --threads 2]   # the bundled model
     python bench/dpo.py --tiny --steps 4                                         # smoke test, about a minute
     python bench/dpo.py --micro-batch-size 4   # tether: 2 micro-batches of 4 pairs per step (same update)
+    python bench/dpo.py --ranked               # pairs from rankings: each batch holds one prompt's pairs
 
 Each side runs in its own subprocess (so peak memory is its own), one after the other (never two at
 once), fp32 (TRL: bf16=False and gradient_checkpointing=False set explicitly), sigmoid DPO, beta 0.1.
@@ -16,6 +17,10 @@ pairs are bench/rm.py's: bundled train prompts with answer variants ordered by t
 the first steps x batch-size of them (shuffled with seed 0) for both sides, one epoch.
 `--micro-batch-size M`: tether accumulates gradients over batch-size / M micro-batches of M pairs
 inside each optimizer step (`DPOConfig.grad_accum`): the same update and data, less activation memory.
+`--ranked`: the pairs as a ranking gives them (every pair of a prompt's 6 variants, up to 15 pairs a
+prompt), prompts shuffled, a prompt's pairs consecutive; both sides get the same batches of consecutive
+pairs (TRL: `train_sampling_strategy="sequential"`; tether: each batch one group, batches in shuffled
+order), so most batches hold one prompt's pairs, as when people rank K answers.
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ import importlib.util
 import json
 import os
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -73,7 +77,8 @@ def run_tether(args, rows, out: Path) -> dict:
     from tether.recipes.dpo import DPOConfig, train
     from tether.recipes.rm import PreferenceExample
 
-    pairs = [PreferenceExample(r["prompt"], r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in rows]
+    pairs = [PreferenceExample(r["prompt"], r["chosen"][0]["content"], r["rejected"][0]["content"],
+                               group=i // args.batch_size if args.ranked else None) for i, r in enumerate(rows)]
     micro = args.micro_batch_size or args.batch_size
     if args.batch_size % micro:
         raise SystemExit(f"--micro-batch-size {micro} must divide --batch-size {args.batch_size}")
@@ -113,7 +118,8 @@ def run_trl(args, rows, out: Path) -> dict:
                     gradient_accumulation_steps=1, learning_rate=args.lr, lr_scheduler_type="linear", warmup_steps=0,
                     logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, bf16=False, fp16=False,
                     gradient_checkpointing=False, dataloader_num_workers=0, seed=0, disable_tqdm=True,
-                    max_length=args.max_length, beta=0.1, loss_type="sigmoid")
+                    max_length=args.max_length, beta=0.1, loss_type="sigmoid",
+                    train_sampling_strategy="sequential" if args.ranked else "random")
     t0 = time.perf_counter()
     trainer = DPOTrainer(model=resolve(args.model), args=cfg, train_dataset=Dataset.from_list(rows),
                          callbacks=[Timer()])
@@ -136,6 +142,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--micro-batch-size", type=int, help="tether: pairs per forward/backward (gradient "
                     "accumulation within the optimizer step: the same update, less memory); default: the batch")
+    ap.add_argument("--ranked", action="store_true", help="pairs from rankings: a prompt's pairs in one batch")
     ap.add_argument("--side", choices=["tether", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -145,8 +152,13 @@ def main() -> None:
     from importlib.resources import files
 
     prompts = [json.loads(r) for r in (files("tether") / "assets" / "prompts.jsonl").read_text().splitlines()]
-    rows = bench_rm().make_pairs([r["prompt"] for r in prompts if r["split"] == "train"])
-    random.Random(0).shuffle(rows)
+    train_prompts = [r["prompt"] for r in prompts if r["split"] == "train"]
+    if args.ranked:  # prompts shuffled, each prompt's pairs kept together
+        random.Random(0).shuffle(train_prompts)
+        rows = bench_rm().make_pairs(train_prompts)
+    else:
+        rows = bench_rm().make_pairs(train_prompts)
+        random.Random(0).shuffle(rows)
     rows = rows[:args.steps * args.batch_size]
     if args.side:  # child process: one side, results as JSON on the last line
         res = (run_tether if args.side == "tether" else run_trl)(args, rows, args.out)
@@ -162,11 +174,12 @@ def main() -> None:
         print(f"model={'tiny random Llama' if args.tiny else args.model} steps={args.steps} batch={args.batch_size} "
               f"pairs (tether micro-batch {args.micro_batch_size or args.batch_size}) max_length={args.max_length} "
               f"lr={args.lr} beta=0.1 sigmoid threads={args.threads} fp32 "
-              f"torch={torch.__version__}; {len(rows)} pairs, one epoch", flush=True)
+              f"torch={torch.__version__}; {len(rows)} pairs{' from rankings' if args.ranked else ''}, one epoch",
+              flush=True)
         for side in ("trl", "tether"):
             cmd = [sys.executable, __file__, "--side", side, "--out", tmp] + sum(
                 ([f"--{k.replace('_', '-')}", str(v)] for k, v in vars(args).items()
-                 if k not in ("side", "out", "tiny") and v is not None), [])
+                 if k not in ("side", "out", "tiny", "ranked") and v is not None), []) + (["--ranked"] if args.ranked else [])
             proc = subprocess.run(cmd, capture_output=True, text=True)
             line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
             if proc.returncode != 0 or not line:
